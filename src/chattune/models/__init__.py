@@ -1,0 +1,1 @@
+"""Base models: the catalog of cards, import into plain checkpoints, workspace versions."""

@@ -1,0 +1,114 @@
+"""The metadata database: SQLite in WAL mode, one connection per process and thread.
+
+WAL lets readers run while one writer writes; `busy_timeout` makes a second writer wait
+instead of failing with "database is locked"; every write runs in `BEGIN IMMEDIATE` so two
+processes never interleave a read-modify-write.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from chattune.errors import WorkspaceError
+
+# Each entry upgrades the schema from version i to i + 1 (statements split on ";", so no
+# ";" inside comments or strings). Append, never edit: a
+# workspace records the version it is at and runs only the steps it lacks.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE models (
+        name        TEXT NOT NULL,
+        version     TEXT NOT NULL,
+        kind        TEXT NOT NULL,          -- imported | registered
+        created_at  REAL NOT NULL,          -- unix seconds, `latest` = the largest
+        path        TEXT,
+        source      TEXT,
+        card        TEXT NOT NULL,          -- JSON of the model card
+        tags        TEXT NOT NULL DEFAULT '{}',
+        description TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (name, version)
+    );
+    CREATE TABLE computes (
+        name       TEXT PRIMARY KEY,
+        size       TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        spec       TEXT NOT NULL DEFAULT '{}'
+    );
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+BUSY_TIMEOUT_MS = 30_000
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open the database at `path` in WAL mode, migrating it to `SCHEMA_VERSION`.
+
+    Raises:
+        WorkspaceError: the database was written by a newer chattune, or is not SQLite.
+    """
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")  # durable in WAL mode, much faster
+        conn.execute("PRAGMA foreign_keys = ON")
+        _migrate(conn, path)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise WorkspaceError(
+            f"{path} is not a usable SQLite database ({exc}).",
+            fix="point --workspace (or CHATTUNE_HOME) at another folder, or restore the file.",
+        ) from exc
+    return conn
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    has_meta = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+    ).fetchone()
+    if not has_meta:
+        return 0
+    row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    return int(row["value"]) if row else 0
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    if schema_version(conn) == SCHEMA_VERSION:
+        return
+    with transaction(conn):
+        found = schema_version(conn)  # re-read under the write lock: another process may have won
+        if found > SCHEMA_VERSION:
+            raise WorkspaceError(
+                f"{path} has schema version {found}, newer than this chattune knows "
+                f"({SCHEMA_VERSION}).",
+                fix="upgrade chattune (pip install -U chattune) or use another --workspace.",
+            )
+        for script in MIGRATIONS[found:]:
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        conn.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
+            (str(SCHEMA_VERSION),),
+        )
+        conn.execute(
+            "INSERT OR IGNORE INTO meta(key, value) VALUES ('created_at', ?)", (str(time.time()),)
+        )
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A write transaction that takes the database's write lock up front."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
