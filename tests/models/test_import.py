@@ -120,7 +120,7 @@ def test_unknown_source_lists_cards(workspace) -> None:
 def test_missing_gguf_and_folder_without_config(workspace, tmp_path: Path) -> None:
     with pytest.raises(ModelImportError, match="does not exist"):
         import_model(workspace, str(tmp_path / "x.gguf"))
-    with pytest.raises(ModelImportError, match="has no config.json"):
+    with pytest.raises(ModelImportError, match=r"has no config\.json"):
         import_model(workspace, str(tmp_path))
 
 
