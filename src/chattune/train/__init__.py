@@ -1,0 +1,1 @@
+"""The work of a fine-tuning job: validate, import, preprocess, finetune, evaluate, convert."""
