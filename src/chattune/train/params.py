@@ -11,7 +11,14 @@ from __future__ import annotations
 import difflib
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from chattune.errors import InvalidParameter
 
@@ -84,6 +91,20 @@ class FinetuneParams(BaseModel):
     def _empty_is_none(cls, v: Any) -> Any:
         return None if v in ("", "none", "None") else v
 
+    @model_validator(mode="after")
+    def _consistent(self) -> FinetuneParams:
+        problems = []
+        if self.apply_early_stopping and self.evaluation_strategy == "disable":
+            problems.append(
+                "`apply_early_stopping` needs evaluation: set `evaluation_strategy` to "
+                "epoch or steps, or `apply_early_stopping` to false"
+            )
+        if self.max_seq_length == 0 or self.max_seq_length < -1:
+            problems.append("`max_seq_length` must be a positive number of tokens, or -1")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     def to_component_dict(self) -> dict[str, str]:
         """The parameters as the component takes them: strings, flags as "true"/"false"."""
         out: dict[str, str] = {}
@@ -95,7 +116,9 @@ class FinetuneParams(BaseModel):
 
 
 def _describe(err: dict[str, Any]) -> str:
-    name = ".".join(str(p) for p in err["loc"]) or "parameters"
+    if not err["loc"]:  # a rule across parameters: the message names them
+        return str(err["msg"]).removeprefix("Value error, ")
+    name = ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden":
         close = difflib.get_close_matches(name, FinetuneParams.model_fields, n=1)
         return f"unknown parameter `{name}`" + (f" (did you mean `{close[0]}`?)" if close else "")

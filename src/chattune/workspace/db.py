@@ -40,6 +40,26 @@ MIGRATIONS: list[str] = [
         spec       TEXT NOT NULL DEFAULT '{}'
     );
     """,
+    """
+    CREATE TABLE jobs (
+        name        TEXT PRIMARY KEY,
+        display_name TEXT NOT NULL,
+        experiment  TEXT NOT NULL,
+        compute     TEXT NOT NULL,
+        status      TEXT NOT NULL,          -- Queued, Running, Completed, Failed, Canceled
+        created_at  REAL NOT NULL,
+        started_at  REAL,
+        ended_at    REAL,
+        pid         INTEGER,                -- the runner process while it runs
+        spec        TEXT NOT NULL,          -- JSON of the JobSpec
+        steps       TEXT NOT NULL DEFAULT '{}',   -- step -> {status, output, cached, ...}
+        outputs     TEXT NOT NULL DEFAULT '{}',   -- output name -> path
+        metrics     TEXT NOT NULL DEFAULT '{}',
+        mlflow_run_id TEXT,
+        error       TEXT
+    );
+    CREATE INDEX jobs_queue ON jobs(compute, status, created_at)
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 BUSY_TIMEOUT_MS = 30_000

@@ -8,6 +8,7 @@
   datasets/           downloaded and converted data
   jobs/               job folders (logs, checkpoints, outputs)
   artifacts/          anything else a step keeps
+  cache/<step>/<key>/ step outputs, keyed by the hash of their inputs
   mlflow/             MLflow tracking store (mlflow.db) and its artifacts
   locks/              flock files
 ```
@@ -30,7 +31,7 @@ from chattune.errors import WorkspaceError
 from chattune.workspace import db
 
 LAYOUT_VERSION = 1
-_SUBDIRS = ("models", "datasets", "jobs", "artifacts", "mlflow", "locks")
+_SUBDIRS = ("models", "datasets", "jobs", "artifacts", "mlflow", "locks", "cache")
 
 
 def default_home() -> Path:

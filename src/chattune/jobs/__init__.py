@@ -1,0 +1,1 @@
+"""Jobs: the fine-tuning pipeline run detached, queued per compute, streamed, resumable."""

@@ -1,0 +1,230 @@
+"""The job runner: one detached process per job, `python -m chattune.jobs.runner WS NAME`.
+
+It waits for its turn on the job's compute (jobs on one compute run one at a time, in
+the order they were created), runs the pipeline's steps, records each step's state in the
+workspace database and tracks the job in MLflow. Its output goes to the job's log file,
+which `chattune job stream` follows. SIGTERM (`chattune job cancel`) stops it cleanly:
+finetune saves a checkpoint first.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from chattune.errors import ChattuneError
+from chattune.jobs import tracking
+from chattune.jobs.pipeline import DEPENDS, STEP_FUNCS, Cancelled, StepContext
+from chattune.jobs.spec import STEPS
+from chattune.jobs.store import (
+    get_job,
+    list_jobs,
+    log_path,
+    merge_metrics,
+    pid_alive,
+    update_job,
+    update_step,
+)
+from chattune.train.params import FinetuneParams
+from chattune.workspace import Workspace
+
+QUEUE_POLL_S = 1.0
+
+
+def spawn_runner(ws: Workspace, name: str) -> int:
+    """Start the runner of job `name`, detached: it outlives the command that started it."""
+    log = log_path(ws, name)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "chattune.jobs.runner", str(ws.root), name],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: Ctrl-C in the shell won't reach it
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    update_job(ws, name, pid=proc.pid)
+    return proc.pid
+
+
+def _say(msg: str) -> None:
+    print(f"{datetime.now():%H:%M:%S} {msg}", flush=True)
+
+
+def _on_sigterm(*_: Any) -> None:
+    raise Cancelled()
+
+
+def _wait_for_turn(ws: Workspace, name: str, compute: str) -> int | None:
+    """Block until no earlier job on `compute` is waiting or running; return the lock fd.
+
+    Returns None if the job was cancelled while it waited.
+    """
+    lock = ws.lock_path(f"compute-{compute}")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    said = False
+    while True:
+        me = get_job(ws, name)
+        if me.status == "Canceled":
+            os.close(fd)
+            return None
+        ahead = [
+            j.name
+            for j in list_jobs(ws)
+            if j.compute == compute
+            and j.created_at < me.created_at
+            and ((j.status == "Queued" and pid_alive(j.pid)) or j.status == "Running")
+        ]
+        if not ahead:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                ahead = ["a job holding the compute"]
+        if not said:
+            _say(f"queued on compute {compute!r} behind {', '.join(ahead)}")
+            said = True
+        time.sleep(QUEUE_POLL_S)
+
+
+def run(ws: Workspace, name: str) -> int:
+    """Run (or resume) job `name` to the end. Returns the process exit code."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    job = get_job(ws, name)
+    try:
+        fd = _wait_for_turn(ws, name, job.compute)
+    except Cancelled:
+        fd = None
+    if fd is None:
+        update_job(ws, name, status="Canceled", ended_at=time.time(), pid=None)
+        _say("job cancelled before it started")
+        return 1
+    update_job(
+        ws,
+        name,
+        status="Running",
+        started_at=job.started_at or time.time(),
+        pid=os.getpid(),
+        error=None,
+        ended_at=None,
+    )
+    job = get_job(ws, name)
+    params = FinetuneParams.model_validate(job.spec.parameters)
+    run_id = None
+    try:
+        run_id = tracking.start_run(ws, job.experiment, name, job.mlflow_run_id)
+        update_job(ws, name, mlflow_run_id=run_id)
+        tracking.log_params(
+            ws,
+            run_id,
+            {
+                **params.to_component_dict(),
+                "model": job.spec.model,
+                "train_file": job.spec.train_file,
+                "validation_file": job.spec.validation_file,
+                "test_file": job.spec.test_file,
+            },
+        )
+    except Exception as exc:  # tracking must not cost the user their training run
+        _say(f"warning: MLflow tracking unavailable ({exc}); the job runs without it")
+    ctx = StepContext(ws=ws, job=job, params=params, log=_say, run_id=run_id)
+    status = _run_steps(ws, ctx)
+    job = get_job(ws, name)
+    update_job(ws, name, status=status, ended_at=time.time(), pid=None)
+    if run_id:
+        try:
+            tracking.end_run(ws, run_id, status)
+        except Exception as exc:
+            _say(f"warning: could not close the MLflow run ({exc})")
+    _say(f"job {name} {status.lower()}")
+    os.close(fd)
+    return 0 if status == "Completed" else 1
+
+
+def _run_steps(ws: Workspace, ctx: StepContext) -> str:
+    name = ctx.job.name
+    failed: set[str] = set()
+    done: set[str] = set()
+    for step in STEPS:
+        record = get_job(ws, name).steps.get(step, {})
+        if any(dep not in done for dep in DEPENDS[step]):
+            update_step(ws, name, step, status="Skipped")
+            failed.add(step)
+            continue
+        if record.get("status") == "Completed":
+            _say(f"[{step}] completed earlier")
+            ctx.state.update(record.get("state", {}))
+            done.add(step)
+            continue
+        _say(f"[{step}] starting")
+        update_step(ws, name, step, status="Running", started_at=time.time(), error=None)
+        t0 = time.monotonic()
+        try:
+            state = STEP_FUNCS[step](ctx)
+        except Cancelled:
+            update_step(ws, name, step, status="Canceled", ended_at=time.time())
+            _say(f"[{step}] cancelled")
+            return "Canceled"
+        except ChattuneError as exc:
+            _fail(ws, name, step, f"{exc.message}" + (f" Fix: {exc.fix}" if exc.fix else ""))
+            failed.add(step)
+        except Exception as exc:
+            traceback.print_exc()
+            _fail(ws, name, step, f"{type(exc).__name__}: {exc}")
+            failed.add(step)
+        else:
+            ctx.state.update(state)
+            done.add(step)
+            update_step(
+                ws,
+                name,
+                step,
+                status="Completed",
+                ended_at=time.time(),
+                duration_s=round(time.monotonic() - t0, 2),
+                state=state,
+                cached=bool(state.get("cached")),
+            )
+            if "metrics" in state:
+                merge_metrics(ws, name, state["metrics"])
+            if "outputs" in state:
+                update_job(ws, name, outputs=state["outputs"])
+            for k in ("final_train_loss", "final_eval_loss"):
+                if k in state:
+                    merge_metrics(ws, name, {k.removeprefix("final_"): state[k]})
+            _say(
+                f"[{step}] completed in {time.monotonic() - t0:.1f}s"
+                + (" (cached)" if state.get("cached") else "")
+            )
+            continue
+        if not ctx.job.spec.continue_on_step_failure:
+            for rest in STEPS[STEPS.index(step) + 1 :]:
+                update_step(ws, name, rest, status="Skipped")
+            break
+    return "Failed" if failed else "Completed"
+
+
+def _fail(ws: Workspace, name: str, step: str, error: str) -> None:
+    _say(f"[{step}] failed: {error}")
+    update_step(ws, name, step, status="Failed", ended_at=time.time(), error=error)
+    update_job(ws, name, error=f"step {step} failed: {error}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ws = Workspace.open(Path(argv[0]))
+    return run(ws, argv[1])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
