@@ -40,7 +40,7 @@ def _follow(ws, name: str) -> int:
         console.print(f"\nstopped streaming; the job goes on (chattune job stream {name}).")
         return 130
     for line in summary_lines(job):
-        console.print(line, highlight=False, markup=False)
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
     return 0 if job.status == "Completed" else 1
 
 
@@ -127,7 +127,7 @@ def show(name: str, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) ->
         print_json(job.to_dict())
         return
     for line in summary_lines(job):
-        console.print(line, highlight=False, markup=False)
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
     console.print(
         f"model: {job.spec.model}  experiment: {job.experiment}  created: {_when(job.created_at)}",
         highlight=False,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
+from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
 from chattune import __version__
-from chattune.cli import compute, data, model
-from chattune.cli.common import err_console
+from chattune.cli import compute, data, job, model
+from chattune.cli.common import WorkspaceOpt, err_console, open_workspace
 from chattune.errors import ChattuneError
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app = typer.Typer(
 app.add_typer(model.app, name="model", help="Model catalog, import and versions.")
 app.add_typer(compute.app, name="compute", help="Computes of the workspace and memory fit.")
 app.add_typer(data.app, name="data", help="Download, validate and inspect chat datasets.")
+app.add_typer(job.app, name="job", help="Fine-tuning jobs: create, stream, cancel, resume.")
 
 
 @app.command()
@@ -29,25 +30,58 @@ def version() -> None:
     print(__version__)
 
 
+@app.command()
+def ui(
+    port: int = typer.Option(5000, help="Port of the MLflow UI."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Open the MLflow UI on the workspace's tracking store (runs until Ctrl-C)."""
+    import subprocess
+
+    ws = open_workspace(workspace)
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        ws.mlflow_tracking_uri,
+        "--default-artifact-root",
+        ws.mlflow_artifact_location,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    print(f"MLflow UI on http://{host}:{port} (tracking store {ws.mlflow_tracking_uri})")
+    raise typer.Exit(subprocess.call(cmd))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; domain errors print `error: ...` and `fix: ...` and set the exit code."""
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="chattune", standalone_mode=False)
+        rc = command.main(args=argv, prog_name="chattune", standalone_mode=False)
     except ChattuneError as exc:
         err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
         if exc.fix:
             err_console.print(f"[bold]fix:[/] {exc.fix}", highlight=False)
         return exc.exit_code
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.ClickException as exc:
+    except NoArgsIsHelpError as exc:  # `chattune model`: the group's help, as usage
+        exc.show()
+        return 0
+    except ClickException as exc:  # bad flags and values: click's usage message
         exc.show()
         return exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         err_console.print("interrupted")
         return 130
-    return 0
+    # typer bundles its own click: with standalone_mode=False, `raise typer.Exit(n)` in a
+    # command comes back as the return value
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":

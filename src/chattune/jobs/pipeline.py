@@ -110,7 +110,12 @@ def model_import(ctx: StepContext) -> dict[str, Any]:
 
 
 def preprocess(ctx: StepContext) -> dict[str, Any]:
-    from chattune.train.preprocess import PreprocessConfig, preprocess_cache_key, run_preprocess
+    from chattune.train.preprocess import (
+        PreprocessConfig,
+        PreprocessReport,
+        preprocess_cache_key,
+        run_preprocess,
+    )
 
     spec, p = ctx.job.spec, ctx.params
     cfg = PreprocessConfig(
@@ -119,26 +124,26 @@ def preprocess(ctx: StepContext) -> dict[str, Any]:
         test_file=spec.test_file,
         model_dir=Path(ctx.state["model_dir"]),
         max_seq_length=p.max_seq_length,
-        output_dir=Path("/nonexistent"),
+        output_dir=ctx.ws.root / "cache" / "preprocess",  # replaced below, once keyed
         seed=p.seed,
     )
     key = ctx.key(preprocess=preprocess_cache_key(cfg))
     out = step_dir(ctx.ws, "preprocess", key)
-    cfg.output_dir = out
-    report_file = out / "report.json"
-    cached = report_file.is_file()
+    cfg = cfg.model_copy(update={"output_dir": out})
+    cached = (out / "report.json").is_file()
     if cached:
         ctx.log(f"reusing tokenized data from {out}")
-        report = json.loads(report_file.read_text())
+        report = PreprocessReport.load(out)
     else:
-        report = run_preprocess(cfg, ctx.log).to_dict()
-    metrics = _flat_numbers(report, prefix="preprocess_")
+        report = run_preprocess(cfg, ctx.log)
     if ctx.run_id:
-        tracking.log_metrics(ctx.ws, ctx.run_id, metrics)
+        tracking.log_metrics(
+            ctx.ws, ctx.run_id, {f"preprocess_{k}": v for k, v in report.metrics().items()}
+        )
     return {
         "preprocess_dir": str(out),
         "preprocess_key": key,
-        "max_seq_length": int(report["max_seq_length"]),
+        "max_seq_length": report.max_seq_length,
         "cached": cached,
     }
 
@@ -326,15 +331,3 @@ STEP_FUNCS: dict[str, Callable[[StepContext], dict[str, Any]]] = {
     "evaluate": evaluate,
     "convert": convert,
 }
-
-
-def _flat_numbers(data: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    out: dict[str, float] = {}
-    for k, v in data.items():
-        if isinstance(v, bool):
-            continue
-        if isinstance(v, int | float):
-            out[prefix + k] = float(v)
-        elif isinstance(v, dict):
-            out.update(_flat_numbers(v, prefix=f"{prefix}{k}_"))
-    return out

@@ -67,7 +67,14 @@ def stream_job(
                 cut = chunk.rfind(b"\n") + 1
                 offset += cut
                 for line in chunk[:cut].decode(errors="replace").splitlines():
-                    (emit or (lambda s: console.print(s, markup=False, highlight=False)))(line)
+                    (
+                        emit
+                        or (
+                            lambda s: console.print(
+                                s, markup=False, highlight=False, soft_wrap=True
+                            )
+                        )
+                    )(line)
             prog = _read_progress(prog_file)
             if bar and prog and prog.get("max_steps"):
                 info = " ".join(

@@ -360,7 +360,6 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
         include_num_input_tokens_seen=True,
         disable_tqdm=True,
         dataloader_num_workers=0,
-        save_safetensors=True,
     )
     callbacks = [_callbacks(cfg)]
     if p.apply_early_stopping and evaluate:
