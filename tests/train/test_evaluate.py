@@ -163,8 +163,14 @@ def test_adapter_changes_perplexity(
 
 
 def test_half_precision_on_cpu_is_bf16_and_close(
-    tiny_llama_dir: Path, llama_data: Path, tmp_path: Path
+    tiny_llama_dir: Path, llama_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from chattune.compute import machine
+
+    monkeypatch.setattr(machine, "cpu_bf16_supported", lambda: False)
+    assert torch_dtype("16", torch.device("cpu")) == torch.float32  # emulated bf16: too slow
+    assert torch_dtype("bf16", torch.device("cpu")) == torch.float32
+    monkeypatch.setattr(machine, "cpu_bf16_supported", lambda: True)
     assert torch_dtype("16", torch.device("cpu")) == torch.bfloat16
     assert torch_dtype("16", torch.device("cuda")) == torch.float16
     assert torch_dtype("bf16", torch.device("cuda")) == torch.bfloat16

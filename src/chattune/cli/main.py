@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = command.main(args=argv, prog_name="chattune", standalone_mode=False)
     except ChattuneError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
         if exc.fix:
-            err_console.print(f"[bold]fix:[/] {exc.fix}", highlight=False)
+            err_console.print(f"[bold]fix:[/] {exc.fix}", highlight=False, soft_wrap=True)
         return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code

