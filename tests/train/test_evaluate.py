@@ -309,3 +309,23 @@ def test_bad_test_split_names_the_problem(
     )
     with pytest.raises(DatasetInvalid, match="no label tokens"):
         run_evaluate(cfg(tiny_llama_dir, data, tmp_path / "o"))
+
+
+def test_long_prompts_keep_their_last_tokens(tiny_llama_dir: Path) -> None:
+    """max_prompt_tokens cuts prompts from the left: generation sees at most that many."""
+    tok = load_tokenizer(tiny_llama_dir)
+    model = load_model(tiny_llama_dir, None, torch.float32, torch.device("cpu"))
+    seen: list[list[int]] = []
+    real = model.generate
+
+    def spy(**kw):
+        seen.append(kw["input_ids"][0].tolist())
+        return real(**kw)
+
+    model.generate = spy  # type: ignore[method-assign]
+    long_prompt = [{"role": "user", "content": "Hello, how are you doing today? " * 20}]
+    full = generate_replies(model, tok, [long_prompt], 4, 1)
+    cut = generate_replies(model, tok, [long_prompt], 4, 1, max_prompt_tokens=12)
+    assert len(seen[0]) > 12 and len(seen[1]) == 12
+    assert seen[1] == seen[0][-12:]  # cut from the left: the generation prompt is kept
+    assert isinstance(full[0], str) and isinstance(cut[0], str)

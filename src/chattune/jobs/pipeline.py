@@ -248,7 +248,10 @@ def evaluate(ctx: StepContext) -> dict[str, Any]:
 
     p = ctx.params
     key = ctx.key(
-        model=ctx.state["finetune_key"], n=p.eval_sample_size, tokens=p.eval_max_new_tokens
+        model=ctx.state["finetune_key"],
+        n=p.eval_sample_size,
+        tokens=p.eval_max_new_tokens,
+        prompt=ctx.state["max_seq_length"],
     )
     out = step_dir(ctx.ws, "evaluate", key)
     metrics_file = out / "metrics.json"
@@ -267,6 +270,8 @@ def evaluate(ctx: StepContext) -> dict[str, Any]:
                 test_messages=data / "test_messages.jsonl",
                 sample_size=p.eval_sample_size,
                 max_new_tokens=p.eval_max_new_tokens,
+                # the context trained on, less the reply: as long as training ever saw
+                max_prompt_tokens=max(ctx.state["max_seq_length"] - p.eval_max_new_tokens, 16),
                 batch_size=max(p.per_device_eval_batch_size, 8),
                 precision=p.precision,
                 output_dir=out,

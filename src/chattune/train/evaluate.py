@@ -60,6 +60,9 @@ class EvaluateConfig(BaseModel):
         50, ge=0, description="Conversations generated for BLEU/ROUGE; 0 = skip them."
     )
     max_new_tokens: int = Field(64, ge=1, description="Longest generated reply, in tokens.")
+    max_prompt_tokens: int | None = Field(
+        None, ge=1, description="Prompts longer than this keep their last tokens (None: all)."
+    )
     batch_size: int = Field(
         8, ge=1, description="Sequences per forward pass; lower it if memory runs out."
     )
@@ -125,7 +128,13 @@ def run_evaluate(cfg: EvaluateConfig, log: Log = lambda _msg: None) -> dict[str,
         else:
             prompts = [p for _, p, _ in samples]
             predictions = generate_replies(
-                model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, log
+                model,
+                tokenizer,
+                prompts,
+                cfg.max_new_tokens,
+                cfg.batch_size,
+                log,
+                max_prompt_tokens=cfg.max_prompt_tokens,
             )
             references = [r for _, _, r in samples]
             metrics.update(generation_metrics(predictions, references))
@@ -353,6 +362,7 @@ def generate_replies(
     max_new_tokens: int,
     batch_size: int,
     log: Log = lambda _msg: None,
+    max_prompt_tokens: int | None = None,
 ) -> list[str]:
     """The model's greedy reply to each conversation, generated `batch_size` at a time.
 
@@ -367,6 +377,9 @@ def generate_replies(
     from transformers import GenerationConfig
 
     tokenizer.padding_side = "left"
+    # a long conversation keeps its end: the turns right before the reply matter most, and
+    # an untruncated 3k-token prompt costs minutes and GBs on a CPU
+    tokenizer.truncation_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     eos_ids = _eos_ids(model, tokenizer)
@@ -387,6 +400,8 @@ def generate_replies(
             texts[start : start + batch_size],
             add_special_tokens=False,
             padding=True,
+            truncation=max_prompt_tokens is not None,
+            max_length=max_prompt_tokens,
             return_tensors="pt",
         ).to(device)
         with torch.inference_mode():
