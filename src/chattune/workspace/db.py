@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from chattune.errors import WorkspaceError
+from chattune.workspace.locks import file_lock
 
 # Each entry upgrades the schema from version i to i + 1 (statements split on ";", so no
 # ";" inside comments or strings). Append, never edit: a
@@ -75,10 +76,14 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.row_factory = sqlite3.Row
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")  # durable in WAL mode, much faster
         conn.execute("PRAGMA foreign_keys = ON")
-        _migrate(conn, path)
+        # Switching to WAL takes an exclusive lock without waiting on the busy handler, so
+        # processes opening a fresh workspace at once take turns through a file lock.
+        with file_lock(path.with_name(path.name + ".lock")):
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            _migrate(conn, path)
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise WorkspaceError(
