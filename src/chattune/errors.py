@@ -58,3 +58,23 @@ class DatasetInvalid(DatasetError):
 
 class InvalidParameter(ChattuneError):
     """A parameter has a value outside what it accepts."""
+
+
+class ModelInUse(ChattuneError):
+    """A model version cannot be deleted: a deployment serves it."""
+
+
+class EndpointNotFound(ChattuneError):
+    """No online endpoint with that name in the workspace."""
+
+
+class DeploymentNotFound(ChattuneError):
+    """No deployment with that name under the endpoint."""
+
+
+class DeploymentFailed(ChattuneError):
+    """A deployment did not become ready (the reason comes from its log)."""
+
+
+class EndpointError(ChattuneError):
+    """An endpoint or deployment operation was refused (bad name, traffic, settings)."""

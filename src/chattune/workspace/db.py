@@ -61,6 +61,52 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX jobs_queue ON jobs(compute, status, created_at)
     """,
+    """
+    CREATE TABLE endpoints (
+        name        TEXT PRIMARY KEY,
+        description TEXT NOT NULL DEFAULT '',
+        auth_mode   TEXT NOT NULL DEFAULT 'key',
+        primary_key TEXT NOT NULL,
+        secondary_key TEXT NOT NULL,
+        traffic     TEXT NOT NULL DEFAULT '{}',       -- deployment -> percent, sums to 0 or 100
+        mirror_traffic TEXT NOT NULL DEFAULT '{}',    -- deployment -> percent (at most one, <= 50)
+        tags        TEXT NOT NULL DEFAULT '{}',
+        port        INTEGER,                          -- the gateway's port, kept across restarts
+        pid         INTEGER,                          -- the supervisor process while it runs
+        state       TEXT NOT NULL DEFAULT 'creating', -- creating | running | stopped | failed | deleting
+        error       TEXT,
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL
+    );
+    CREATE TABLE deployments (
+        endpoint    TEXT NOT NULL REFERENCES endpoints(name) ON DELETE CASCADE,
+        name        TEXT NOT NULL,
+        model_name  TEXT NOT NULL,
+        model_version TEXT NOT NULL,
+        instance_type TEXT NOT NULL DEFAULT 'local',
+        instance_count INTEGER NOT NULL DEFAULT 1,
+        settings    TEXT NOT NULL DEFAULT '{}',       -- request settings, probes, lora_only (JSON)
+        state       TEXT NOT NULL DEFAULT 'creating', -- creating | ready | failed | deleting
+        error       TEXT,
+        generation  INTEGER NOT NULL DEFAULT 1,       -- bumped by every update: instances restart
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL,
+        PRIMARY KEY (endpoint, name)
+    );
+    CREATE INDEX deployments_model ON deployments(model_name, model_version);
+    CREATE TABLE instances (
+        endpoint    TEXT NOT NULL,
+        deployment  TEXT NOT NULL,
+        idx         INTEGER NOT NULL,
+        pid         INTEGER,
+        port        INTEGER,
+        state       TEXT NOT NULL,                    -- starting | ready | unhealthy | failed
+        restarts    INTEGER NOT NULL DEFAULT 0,
+        error       TEXT,
+        updated_at  REAL NOT NULL,
+        PRIMARY KEY (endpoint, deployment, idx)
+    )
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 BUSY_TIMEOUT_MS = 30_000
