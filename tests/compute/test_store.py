@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from chattune.compute.store import (
+    AZURE_GPU_SIZES,
     create_compute,
     delete_compute,
     get_compute,
@@ -16,7 +17,7 @@ def test_local_is_always_there(workspace) -> None:
     assert [c.name for c in list_computes(workspace)] == ["local"]
     local = get_compute(workspace, "local")
     assert local.is_local and local.size == "local"
-    assert [s.name for s in list_sizes(workspace)] == ["local"]
+    assert [s.name for s in list_sizes(workspace)] == ["local", *AZURE_GPU_SIZES]
 
 
 def test_create_get_list(workspace) -> None:
@@ -27,7 +28,13 @@ def test_create_get_list(workspace) -> None:
     create_compute(workspace, "cpu-box", "Standard_E4s_v3")
     assert [c.name for c in list_computes(workspace)] == ["local", "cpu-box", "gpu-cluster"]
     sizes = list_sizes(workspace)
-    assert [s.name for s in sizes] == ["local", "Standard_E4s_v3", "Standard_NC6s_v3"]
+    # local, then the workspace's sizes, then Azure's allow-listed GPU sizes, each once
+    assert [s.name for s in sizes] == [
+        "local",
+        "Standard_E4s_v3",
+        "Standard_NC6s_v3",
+        *[x for x in AZURE_GPU_SIZES if x != "Standard_NC6s_v3"],
+    ]
     # every size has the local machine's numbers: local hardware runs every compute
     assert len({(s.gpus, s.v_cp_us, s.memory_gb) for s in sizes}) == 1
     assert sizes[2].family == "standardNCSv3Family"

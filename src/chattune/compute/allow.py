@@ -3,7 +3,7 @@
 Azure tags a registry model with `finetune_compute_allow_list` and
 `inference_compute_allow_list`; the seed reads them to pick a compute. Here they follow
 the memory estimate on the machine that runs every compute (this one), so a list is either
-every size of the workspace or none of them.
+every known size (the workspace's and Azure's allow-listed GPU sizes) or none of them.
 
 - Fine-tuning: the pipeline's defaults with the model's `model_specific_defaults` on top
   (`apply_lora`, `precision`, `gradient_checkpointing`, DeepSpeed where there are GPUs,
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from chattune.compute.estimate import Breakdown, MemoryEstimate, estimate_memory, estimate_serving
 from chattune.compute.machine import Machine, local_machine
-from chattune.compute.store import list_computes
+from chattune.compute.store import known_sizes
 from chattune.models.card import ModelCard
 from chattune.workspace import Workspace
 
@@ -68,15 +68,15 @@ def capacity_bytes(machine: Machine) -> int:
 def allow_lists(
     ws: Workspace, card: ModelCard, machine: Machine | None = None
 ) -> tuple[list[str], list[str]]:
-    """(finetune sizes, inference sizes): the sizes of the workspace's computes on which
-    `card`'s model fits, each listed once, `local` first.
+    """(finetune sizes, inference sizes): the sizes (`known_sizes`: `local`, the
+    workspace's, Azure's allow-listed GPU sizes) on which `card`'s model fits, each once.
 
     Example:
-        >>> allow_lists(ws, builtin_cards()["SmolLM2-135M-Instruct"])
-        (['local'], ['local'])
+        >>> allow_lists(ws, builtin_cards()["SmolLM2-135M-Instruct"])[0][:2]
+        ['local', 'Standard_NC6s_v3']
     """
     machine = machine or local_machine()
-    sizes = list(dict.fromkeys(c.size for c in list_computes(ws)))
+    sizes = known_sizes(ws)
     limit = capacity_bytes(machine)
     finetune = finetune_estimate(card, machine).training.total <= limit
     inference = inference_estimate(card, machine).total <= limit

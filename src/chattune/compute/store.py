@@ -19,6 +19,21 @@ from chattune.errors import ComputeNotFound, InvalidParameter
 from chattune.workspace import Workspace
 
 LOCAL = "local"
+# The GPU sizes Azure allow-lists for chat-completion fine-tuning and inference (the tags of
+# its Phi-3 models). Any of them is a name for this machine here, so a seed that asks for
+# Standard_NC6s_v3 runs on it when the model fits; `list_sizes` reports them too.
+AZURE_GPU_SIZES = (
+    "Standard_NC6s_v3",
+    "Standard_NC12s_v3",
+    "Standard_NC24s_v3",
+    "Standard_NC24rs_v3",
+    "Standard_ND40rs_v2",
+    "Standard_NC24ads_A100_v4",
+    "Standard_NC48ads_A100_v4",
+    "Standard_NC96ads_A100_v4",
+    "Standard_ND96asr_v4",
+    "Standard_ND96amsr_A100_v4",
+)
 # Azure ML compute names: a letter, then letters, digits or hyphens; no trailing hyphen.
 _NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{0,30}[a-zA-Z0-9]$")
 _SIZE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -169,11 +184,17 @@ def delete_compute(ws: Workspace, name: str) -> None:
 
 
 def list_sizes(ws: Workspace, machine: Machine | None = None) -> list[VmSize]:
-    """`VmSize`s for `local` and each distinct size of the workspace's computes.
+    """`VmSize`s for `local`, each distinct size of the workspace's computes, and Azure's
+    allow-listed GPU sizes (`AZURE_GPU_SIZES`).
 
     Every entry carries this machine's numbers (`gpus`, `v_cp_us`, `memory_gb`, ...), since
     this machine runs the work whatever size a compute was recorded with.
     """
     machine = machine or local_machine()
-    sizes = [LOCAL, *sorted({c.size for c in list_computes(ws)} - {LOCAL})]
-    return [machine.vm_size(s) for s in sizes]
+    return [machine.vm_size(s) for s in known_sizes(ws)]
+
+
+def known_sizes(ws: Workspace) -> list[str]:
+    """`local`, the sizes of the workspace's computes, then `AZURE_GPU_SIZES`, each once."""
+    recorded = sorted({c.size for c in list_computes(ws)} - {LOCAL})
+    return list(dict.fromkeys([LOCAL, *recorded, *AZURE_GPU_SIZES]))

@@ -51,6 +51,11 @@ class JobSpec(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
     force_rerun: bool = False
     continue_on_step_failure: bool = False
+    outputs: dict[str, str] = Field(
+        default_factory=dict,
+        description="Pipeline output names -> step outputs, e.g. the seed's "
+        "{'trained_model': 'mlflow_model_folder'}.",
+    )
 
     @field_validator("name")
     @classmethod
