@@ -9,9 +9,14 @@ from chattune.aml.exceptions import ResourceNotFoundError
 from chattune.aml.operations._errors import azure_errors
 from chattune.workspace import Workspace
 
+# What a registry client sees: the catalog and the models imported into this workspace (the
+# base models a job can start from), never the fine-tuned versions registered in it.
+REGISTRY_KINDS = ("catalog", "imported")
+
 
 class ModelOperations:
-    """Model versions of a workspace, or of the built-in registry `azureml` (the catalog)."""
+    """Model versions of a workspace, or of the registry `azureml`: the catalog's cards and
+    the base models imported into this workspace (`chattune model import`)."""
 
     def __init__(self, ws: Workspace, registry: str | None = None) -> None:
         self._ws = ws
@@ -28,11 +33,13 @@ class ModelOperations:
 
         with azure_errors():
             if self._registry is not None:
-                versions = [v for v in list_models(self._ws, name) if v.kind == "catalog"]
+                versions = [v for v in list_models(self._ws, name) if v.kind in REGISTRY_KINDS]
                 if version is not None:
                     versions = [v for v in versions if v.version == version]
                 if not versions:
-                    names = sorted({v.name for v in list_models(self._ws) if v.kind == "catalog"})
+                    names = sorted(
+                        {v.name for v in list_models(self._ws) if v.kind in REGISTRY_KINDS}
+                    )
                     raise ResourceNotFoundError(
                         f"registry {self._registry!r} has no model {name!r}"
                         + (f" version {version!r}" if version else "")
@@ -52,7 +59,7 @@ class ModelOperations:
 
         versions = list_models(self._ws, name)
         if self._registry is not None:
-            versions = [v for v in versions if v.kind == "catalog"]
+            versions = [v for v in versions if v.kind in REGISTRY_KINDS]
         return [Model._from_version(v) for v in versions]
 
     def create_or_update(self, model: Model, **_kwargs: Any) -> Model:
