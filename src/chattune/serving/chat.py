@@ -1,0 +1,97 @@
+"""Chat messages -> prompt token ids, exactly as training rendered them; and when to stop.
+
+The prompt is the chat template stored with the model (the one the preprocess step trained
+with), rendered by the same code (`chattune.train.preprocess.ChatEncoder.render`, with the
+tokenizer's special tokens as template variables) with `add_generation_prompt=True`, and
+tokenized as training tokenized it: without adding special tokens (the template writes them).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from chattune.errors import InvalidParameter
+
+log = logging.getLogger("chattune.serving")
+
+Messages = list[dict[str, str]]
+_PROBE = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello friend"}]
+
+
+class ChatTemplateRejected(InvalidParameter):
+    """The model's chat template raised on these messages (its own rules, e.g. alternation)."""
+
+
+class ChatPrompter:
+    """Render chat requests into prompt ids with the model's own chat template.
+
+    Args:
+        tokenizer: the tokenizer saved with the model (fast, with a chat template).
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        from chattune.train.preprocess import ChatEncoder
+
+        self.tokenizer = tokenizer
+        self.encoder = ChatEncoder(tokenizer, fast=False)
+
+    def render(self, messages: Messages) -> str:
+        """The prompt text: the conversation and the assistant's generation prompt."""
+        try:
+            return self.encoder.render(messages, add_generation_prompt=True)
+        except Exception as exc:  # jinja's TemplateError, raise_exception(...) in templates
+            raise ChatTemplateRejected(
+                f"the model's chat template rejects these messages: {exc}",
+                fix="send messages in the order the model's template accepts (usually an "
+                "optional system message, then user and assistant turns alternating).",
+            ) from None
+
+    def encode(self, messages: Messages) -> list[int]:
+        """Prompt token ids for `messages`."""
+        text = self.render(messages)
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def end_of_turn_ids(tokenizer: Any) -> list[int]:
+    """The special token(s) the chat template writes right after an assistant's reply
+    (`<|im_end|>`, `<|end|>`, `<|eot_id|>`), found by rendering a probe conversation."""
+    from chattune.train.preprocess import ChatEncoder
+
+    try:
+        text = ChatEncoder(tokenizer, fast=False).render(_PROBE)
+    except Exception:
+        return []
+    content = _PROBE[-1]["content"]
+    at = text.rfind(content)
+    if at < 0:
+        return []
+    tail = tokenizer(text[at + len(content) :], add_special_tokens=False)["input_ids"]
+    special = set(tokenizer.all_special_ids) | {
+        i for i, t in tokenizer.added_tokens_decoder.items() if t.special
+    }
+    return [tail[0]] if tail and tail[0] in special else []
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every id that ends an answer: generation_config's and config's eos (an int or a
+    list), the tokenizer's eos and the template's end-of-turn token."""
+    ids: list[int] = []
+    for src in (getattr(model, "generation_config", None), model.config):
+        eos = getattr(src, "eos_token_id", None) if src is not None else None
+        ids += [eos] if isinstance(eos, int) else list(eos or [])
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    ids += end_of_turn_ids(tokenizer)
+    return sorted(set(ids))
+
+
+def model_context_length(config: Any) -> int:
+    """The model's context in tokens (`max_position_embeddings` and its aliases)."""
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    log.warning("the model config names no context length; assuming 2048 tokens")
+    return 2048

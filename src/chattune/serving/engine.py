@@ -1,0 +1,579 @@
+"""The inference engine: one model, continuous batching on a background thread.
+
+    submit(prompt_ids, params, adapter) -> Handle  (any thread or an asyncio loop)
+        queue -> prefill alone -> joins the running batch -> one decode step per token for
+        every row at once -> leaves as soon as it stops (eos, end of turn, stop string,
+        max_new_tokens, cancel)
+
+The batch is one `DynamicCache` whose rows are left-padded to a common length T:
+
+    keys/values (B, heads, T, head_dim)   mask (B, T): 1 real token, 0 padding
+
+A joining request is prefilled alone (no padding, so no fully masked query row whose NaNs
+could reach the cache), then its KV rows are concatenated in after left-padding whichever
+side is shorter with zeros. `position_ids` count only real tokens, so a row's logits do not
+depend on its neighbours (up to float summation order). Leaving rows are dropped with
+`index_select`, and columns that are padding in every row are trimmed.
+
+LoRA: rows of different adapters share one forward pass through PEFT's mixed-batch LoRA
+(`adapter_names=[...]` per row, `"__base__"` for none; peft/tuners/lora/layer.py
+`_mixed_batch_forward`).
+
+Example:
+    >>> engine = Engine(model, tokenizer)
+    >>> handle = engine.submit(ids, SamplingParams(max_new_tokens=32))
+    >>> "".join(handle)  # or `async for delta in handle` inside an event loop
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from chattune.errors import ChattuneError, InvalidParameter
+from chattune.serving.loader import BASE_ADAPTER
+
+log = logging.getLogger("chattune.serving")
+
+
+class EngineError(ChattuneError):
+    """Generation failed inside the engine (the request's, not the server's, failure)."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request is decoded.
+
+    Attributes:
+        max_new_tokens: most tokens to generate (>= 1), eos included.
+        do_sample: False: greedy (argmax); True: sample with `temperature` and `top_p`.
+        temperature: logits are divided by it; 0 means greedy whatever `do_sample` says.
+        top_p: nucleus sampling: sample among the most likely tokens whose probabilities
+            add up to `top_p` (in (0, 1]).
+        seed: seeds this request's own generator: same seed, same text (None: random).
+        stop: strings that end the answer; the text stops before them.
+    """
+
+    max_new_tokens: int = 256
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample or self.temperature == 0
+
+
+# -- the handle -------------------------------------------------------------------------------
+_TEXT, _END, _ERROR = "text", "end", "error"
+
+
+class Handle:
+    """One submitted request: iterate it for text deltas, as they are decoded.
+
+    Iterate with `for` (no event loop) or `async for` (submitted from inside a loop).
+    After the iteration: `finish_reason` ("stop" | "length" | "cancelled"), `prompt_tokens`,
+    `completion_tokens`, `token_ids` (eos included). An engine failure raises `EngineError`
+    from the iteration.
+    """
+
+    _ids = itertools.count(1)
+
+    def __init__(self, prompt_tokens: int, adapter: str | None) -> None:
+        self.id = next(self._ids)
+        self.prompt_tokens = prompt_tokens
+        self.adapter = adapter
+        self.completion_tokens = 0
+        self.token_ids: list[int] = []
+        self.finish_reason: str | None = None
+        self.error: BaseException | None = None
+        self.cancelled = threading.Event()
+        self._engine: Engine | None = None
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            self._aq: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        except RuntimeError:
+            self._loop = None
+            self._q: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None or self.error is not None
+
+    def cancel(self) -> None:
+        """Stop generating: the row leaves the batch at the next step (finish "cancelled")."""
+        if not self.done:
+            self.cancelled.set()
+            if self._engine is not None:
+                self._engine._wake()
+
+    # called on the engine thread
+    def _put(self, kind: str, value: Any) -> None:
+        if self._loop is None:
+            self._q.put((kind, value))
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._aq.put_nowait, (kind, value))
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            self.cancelled.set()
+
+    def _unpack(self, item: tuple[str, Any]) -> str | None:
+        kind, value = item
+        if kind == _TEXT:
+            return value
+        if kind == _ERROR:
+            raise EngineError(f"generation failed: {type(value).__name__}: {value}") from value
+        return None
+
+    def __iter__(self) -> Iterator[str]:
+        if self._loop is not None:
+            raise RuntimeError("this handle was submitted inside an event loop: use `async for`")
+        while (delta := self._unpack(self._q.get())) is not None:
+            yield delta
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        if self._loop is None:
+            raise RuntimeError("this handle was submitted outside an event loop: use `for`")
+        while (delta := self._unpack(await self._aq.get())) is not None:
+            yield delta
+
+    def text(self) -> str:
+        """The whole answer (blocks until it is finished)."""
+        return "".join(self)
+
+
+# -- text out ---------------------------------------------------------------------------------
+class _Detokenizer:
+    """Incremental detokenization: a delta is emitted only once it no longer ends in a half
+    UTF-8 character (U+FFFD from a byte-level token that a later token completes)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0  # ids[prefix:read] were decoded into the text already emitted
+        self.read = 0
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return after[len(before) :]
+        return ""
+
+    def flush(self) -> str:
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
+        self.prefix = self.read = len(self.ids)
+        return after[len(before) :]
+
+
+class _StopMatcher:
+    """Holds back the last `len(longest stop) - 1` characters, so that a stop string split
+    across deltas is never partly emitted."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.keep = max((len(s) for s in self.stops), default=1) - 1
+        self.buf = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """(text to emit now, whether a stop string was hit)."""
+        self.buf += text
+        hits = [i for s in self.stops if (i := self.buf.find(s)) >= 0]
+        if hits:
+            out, self.buf = self.buf[: min(hits)], ""
+            return out, True
+        cut = max(0, len(self.buf) - self.keep)
+        out, self.buf = self.buf[:cut], self.buf[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.buf = self.buf, ""
+        return out
+
+
+# -- sampling ---------------------------------------------------------------------------------
+def sample_next(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> int:
+    """The next token from one row's logits (V,): argmax, or temperature + top-p sampling."""
+    if params.greedy:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.float().cpu() / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        sorted_p, order = torch.sort(probs, descending=True)
+        # keep a token if the ones more likely than it add up to less than top_p
+        keep = (torch.cumsum(sorted_p, dim=-1) - sorted_p) < params.top_p
+        keep[0] = True
+        probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_p[keep])
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+@dataclass
+class _Row:
+    handle: Handle
+    params: SamplingParams
+    prompt: list[int]
+    adapter: str
+    gen: torch.Generator
+    detok: _Detokenizer
+    stops: _StopMatcher
+    next_token: int = -1  # sampled, not yet fed to the model
+    cache: Any = None  # its own DynamicCache after prefill, until it joins the batch
+
+
+@dataclass
+class EngineStats:
+    """Counters since start. `joined_running`: requests admitted while other rows were
+    mid-decode (continuous batching); `max_batch`: most rows in one decode step."""
+
+    requests: int = 0
+    prefills: int = 0
+    steps: int = 0
+    rows_stepped: int = 0  # sum of the batch size over steps: / steps = mean batch
+    max_batch: int = 0
+    joined_running: int = 0
+    finished: int = 0
+    cancelled: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    running: int = 0
+    waiting: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine:
+    """Continuous-batching generation with one model (and its LoRA adapters).
+
+    Args:
+        model: a causal LM in eval mode (a `PeftModel` when adapters are loaded).
+        tokenizer: its tokenizer (decoding, eos ids).
+        adapters: the LoRA adapter names loaded in `model`.
+        default_adapter: used when a request names none (None: the base model).
+        eos_ids: token ids that end an answer; default: the model's eos ids and the chat
+            template's end-of-turn token (see `chattune.serving.chat.stop_token_ids`).
+        max_batch_size: most rows decoded together; later requests wait in the queue.
+        context_length: prompt + answer limit in tokens (default: the model's).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        adapters: Sequence[str] = (),
+        default_adapter: str | None = None,
+        eos_ids: Sequence[int] | None = None,
+        max_batch_size: int = 16,
+        context_length: int | None = None,
+    ) -> None:
+        from chattune.serving.chat import model_context_length, stop_token_ids
+
+        self.model = model
+        self.tokenizer = tokenizer
+        self.adapters = tuple(adapters)
+        self.default_adapter = default_adapter
+        if eos_ids is None:
+            eos_ids = stop_token_ids(model, tokenizer)
+        self.eos_ids = frozenset(eos_ids)
+        self.max_batch_size = max_batch_size
+        self.context_length = context_length or model_context_length(model.config)
+        self.device = next(model.parameters()).device
+        # transformers 5.24 renamed `past_key_values` to `cache` (the old name goes in 5.40)
+        forward = inspect.signature(model.get_base_model().forward if adapters else model.forward)
+        self._cache_kw = "cache" if "cache" in forward.parameters else "past_key_values"
+        self._cv = threading.Condition()
+        self._pending: deque[_Row] = deque()
+        self._rows: list[_Row] = []
+        self._cache: Any = None  # DynamicCache of the batch, rows as `_rows`
+        self._mask: torch.Tensor | None = None  # (B, T) long
+        self._stats = EngineStats()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="chattune-engine", daemon=True)
+        self._thread.start()
+
+    # -- public ---------------------------------------------------------------------------
+    def submit(
+        self, prompt_ids: Sequence[int], params: SamplingParams, adapter: str | None = None
+    ) -> Handle:
+        """Queue a request; it joins the running batch at the next step.
+
+        Args:
+            prompt_ids: the prompt's token ids (chat template applied).
+            params: how to decode.
+            adapter: a loaded adapter's name, `"__base__"` for the base model, None for
+                `default_adapter`.
+
+        Raises:
+            InvalidParameter: unknown adapter, empty prompt, or no room left in the context.
+        """
+        name = adapter or self.default_adapter or BASE_ADAPTER
+        if name != BASE_ADAPTER and name not in self.adapters:
+            known = ", ".join(self.adapters) or "none"
+            raise InvalidParameter(f"unknown adapter {name!r}; loaded adapters: {known}.")
+        if not prompt_ids:
+            raise InvalidParameter("the prompt is empty.")
+        if len(prompt_ids) >= self.context_length:
+            raise InvalidParameter(
+                f"the prompt has {len(prompt_ids)} tokens; the context holds "
+                f"{self.context_length}, leaving no room for an answer."
+            )
+        if params.max_new_tokens < 1:
+            raise InvalidParameter("max_new_tokens must be >= 1.")
+        handle = Handle(len(prompt_ids), name if self.adapters else None)
+        handle._engine = self
+        gen = torch.Generator()
+        gen.manual_seed(params.seed if params.seed is not None else int(time.time_ns() % 2**63))
+        row = _Row(
+            handle,
+            params,
+            list(prompt_ids),
+            name,
+            gen,
+            _Detokenizer(self.tokenizer),
+            _StopMatcher(params.stop),
+        )
+        with self._cv:
+            if self._stopping:
+                raise EngineError("the engine is stopped.")
+            self._stats.requests += 1
+            self._pending.append(row)
+            self._cv.notify()
+        return handle
+
+    def stats(self) -> dict[str, Any]:
+        """The counters of `EngineStats`, plus `alive` and the batch now."""
+        with self._cv:
+            s = self._stats
+            s.running, s.waiting = len(self._rows), len(self._pending)
+            out = {k: v for k, v in vars(s).items() if k != "extra"}
+        out["alive"] = self.alive()
+        out["max_batch_size"] = self.max_batch_size
+        return out
+
+    def alive(self) -> bool:
+        """The decode thread is running."""
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Cancel everything and stop the decode thread."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        self._thread.join(timeout)
+
+    def _wake(self) -> None:
+        with self._cv:
+            self._cv.notify()
+
+    # -- the decode thread ------------------------------------------------------------------
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cv:
+                    while not (self._stopping or self._pending or self._rows):
+                        self._cv.wait()
+                    if self._stopping:
+                        break
+                    room = self.max_batch_size - len(self._rows)
+                    take = min(room, len(self._pending))
+                    joiners = [self._pending.popleft() for _ in range(take)]
+                running = bool(self._rows)
+                for row in joiners:
+                    self._admit(row, running)
+                self._drop_cancelled()
+                if self._rows:
+                    self._step()
+        for row in [*self._rows, *self._pending]:
+            self._finish(row, "cancelled")
+        self._rows, self._pending = [], deque()
+
+    def _forward(self, input_ids: torch.Tensor, adapters: list[str], **kw: Any) -> torch.Tensor:
+        if self.adapters:
+            kw["adapter_names"] = adapters
+        return self.model(input_ids=input_ids, use_cache=True, **kw).logits[:, -1, :]
+
+    def _admit(self, row: _Row, running: bool) -> None:
+        """Prefill `row` alone, sample its first token, and add it to the batch."""
+        from transformers import DynamicCache
+
+        if row.handle.cancelled.is_set():
+            self._finish(row, "cancelled")
+            return
+        try:
+            n = len(row.prompt)
+            ids = torch.tensor([row.prompt], device=self.device)
+            cache = DynamicCache()
+            logits = self._forward(
+                ids,
+                [row.adapter],
+                attention_mask=torch.ones_like(ids),
+                position_ids=torch.arange(n, device=self.device)[None],
+                logits_to_keep=1,
+                **{self._cache_kw: cache},
+            )
+            token = sample_next(logits[0], row.params, row.gen)
+        except Exception as exc:
+            log.exception("prefill failed for request %s", row.handle.id)
+            self._fail([row], exc)
+            return
+        with self._cv:
+            self._stats.prefills += 1
+            self._stats.prompt_tokens += n
+            self._stats.joined_running += running
+        if self._accept(row, token):
+            return
+        self._join(row, cache, n)
+
+    def _join(self, row: _Row, cache: Any, n: int) -> None:
+        mask = torch.ones(1, n, dtype=torch.long, device=self.device)
+        if self._cache is None:
+            self._cache, self._mask = cache, mask
+        else:
+            assert self._mask is not None
+            for mine, theirs in zip(self._cache.layers, cache.layers, strict=True):
+                mine.keys = torch.cat(_left_pad(mine.keys, theirs.keys, 2), dim=0)
+                mine.values = torch.cat(_left_pad(mine.values, theirs.values, 2), dim=0)
+            self._mask = torch.cat(_left_pad(self._mask, mask, 1), dim=0)
+        with self._cv:
+            self._rows.append(row)
+
+    def _step(self) -> None:
+        """One decode step: every row's next token in one forward pass."""
+        assert self._mask is not None
+        rows = self._rows
+        ids = torch.tensor([[r.next_token] for r in rows], device=self.device)
+        mask = torch.cat([self._mask, self._mask.new_ones(len(rows), 1)], dim=1)
+        positions = mask.sum(dim=1, keepdim=True) - 1  # (B, 1): real tokens before this one
+        try:
+            logits = self._forward(
+                ids,
+                [r.adapter for r in rows],
+                attention_mask=mask,
+                position_ids=positions,
+                **{self._cache_kw: self._cache},
+            )
+            greedy = torch.argmax(logits, dim=-1).tolist()
+            tokens = [
+                greedy[i] if r.params.greedy else sample_next(logits[i], r.params, r.gen)
+                for i, r in enumerate(rows)
+            ]
+        except Exception as exc:
+            log.exception("decode step failed for %d rows", len(rows))
+            self._fail(rows, exc)
+            self._rows, self._cache, self._mask = [], None, None
+            return
+        self._mask = mask
+        with self._cv:
+            self._stats.steps += 1
+            self._stats.rows_stepped += len(rows)
+            self._stats.max_batch = max(self._stats.max_batch, len(rows))
+        done = [self._accept(r, t) for r, t in zip(rows, tokens, strict=True)]
+        full = [i for i, r in enumerate(rows) if not done[i] and self._room(r) <= 0]
+        for i in full:
+            self._finish(rows[i], "length")
+            done[i] = True
+        self._keep([i for i, d in enumerate(done) if not d])
+
+    def _room(self, row: _Row) -> int:
+        """Tokens the context still holds for this row (its next token included)."""
+        return self.context_length - len(row.prompt) - row.handle.completion_tokens
+
+    def _accept(self, row: _Row, token: int) -> bool:
+        """Record a sampled token; True if the row is finished."""
+        h = row.handle
+        h.token_ids.append(token)
+        h.completion_tokens += 1
+        with self._cv:
+            self._stats.generated_tokens += 1
+        if token in self.eos_ids:
+            self._finish(row, "stop")
+            return True
+        text, hit = row.stops.feed(row.detok.add(token))
+        if text:
+            h._put(_TEXT, text)
+        if hit:
+            self._finish(row, "stop", flush=False)
+            return True
+        if h.completion_tokens >= row.params.max_new_tokens or self._room(row) <= 0:
+            self._finish(row, "length")
+            return True
+        row.next_token = token
+        return False
+
+    def _finish(self, row: _Row, reason: str, *, flush: bool = True) -> None:
+        h = row.handle
+        if flush and reason != "cancelled":
+            text, hit = row.stops.feed(row.detok.flush())
+            text += "" if hit else row.stops.flush()
+            if text:
+                h._put(_TEXT, text)
+        h.finish_reason = reason
+        with self._cv:
+            self._stats.finished += 1
+            self._stats.cancelled += reason == "cancelled"
+        h._put(_END, reason)
+
+    def _fail(self, rows: list[_Row], exc: BaseException) -> None:
+        with self._cv:
+            self._stats.failed += len(rows)
+        for r in rows:
+            r.handle.error = exc
+            r.handle._put(_ERROR, exc)
+
+    def _drop_cancelled(self) -> None:
+        keep = []
+        for i, r in enumerate(self._rows):
+            if r.handle.cancelled.is_set():
+                self._finish(r, "cancelled")
+            else:
+                keep.append(i)
+        if len(keep) < len(self._rows):
+            self._keep(keep)
+
+    def _keep(self, keep: list[int]) -> None:
+        """Keep only rows `keep` of the batch and trim all-padding columns on the left."""
+        if len(keep) == len(self._rows):
+            return
+        with self._cv:
+            self._rows = [self._rows[i] for i in keep]
+        if not keep:
+            self._cache, self._mask = None, None
+            return
+        assert self._mask is not None
+        idx = torch.tensor(keep, device=self.device)
+        mask = self._mask.index_select(0, idx)
+        start = int((mask.sum(dim=0) > 0).nonzero()[0])  # first column with a real token
+        self._mask = mask[:, start:]
+        for layer in self._cache.layers:
+            layer.keys = layer.keys.index_select(0, idx)[:, :, start:]
+            layer.values = layer.values.index_select(0, idx)[:, :, start:]
+
+
+def _left_pad(a: torch.Tensor, b: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`a` and `b` left-padded with zeros to the same length along `dim`."""
+    n = max(a.shape[dim], b.shape[dim])
+
+    def pad(x: torch.Tensor) -> torch.Tensor:
+        shape = list(x.shape)
+        shape[dim] = n - x.shape[dim]
+        return x if shape[dim] == 0 else torch.cat([x.new_zeros(shape), x], dim=dim)
+
+    return pad(a), pad(b)

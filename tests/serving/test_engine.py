@@ -1,0 +1,314 @@
+"""The engine: continuous batching equals one-at-a-time `generate`, cancel, LoRA mixed batches,
+sampling; and the checkpoint loader."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from chattune.errors import ChattuneError, InvalidParameter
+from chattune.serving.chat import ChatPrompter
+from chattune.serving.engine import Engine, SamplingParams, _Detokenizer, sample_next
+from chattune.serving.loader import load_model, load_tokenizer, resolve_checkpoint
+
+QUESTIONS = [
+    "Hello",
+    "What is the capital of France? Tell me about Paris and the weather in the park.",
+    "Can you tell me a joke about computers?",
+    "Numbers: 0 1 2 3",
+    "Why did the programmer quit his job? Because he did not get arrays. Fine-tuning a chat "
+    "model needs data, a base model and patience.",
+    "I am fine",
+]
+
+
+def _load(model_dir: Path, adapters: dict | None = None, **kw) -> Engine:
+    ckpt = resolve_checkpoint(model_dir)
+    model, names = load_model(ckpt, adapters, device=torch.device("cpu"), dtype=torch.float32)
+    return Engine(model, load_tokenizer(ckpt), adapters=names, **kw)
+
+
+def _reference(model, prompt: list[int], max_new: int, eos: frozenset[int]) -> list[int]:
+    out = model.generate(
+        torch.tensor([prompt]),
+        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        max_new_tokens=max_new,
+        do_sample=False,
+        eos_token_id=sorted(eos),
+        pad_token_id=sorted(eos)[0],
+    )
+    return out[0, len(prompt) :].tolist()
+
+
+@pytest.mark.parametrize("which", ["chatty_llama_dir", "chatty_phi3_dir"])
+def test_continuous_batching_equals_generate_one_at_a_time(which, request):
+    model_dir = request.getfixturevalue(which)
+    engine = _load(model_dir, max_batch_size=4)
+    try:
+        prompter = ChatPrompter(engine.tokenizer)
+        prompts = [prompter.encode([{"role": "user", "content": q}]) for q in QUESTIONS]
+        budgets = [24, 9, 30, 5, 17, 12]
+        first = [engine.submit(p, SamplingParams(max_new_tokens=n)) for p, n in
+                 zip(prompts[:3], budgets[:3], strict=True)]  # fmt: skip
+        it = iter(first[2])
+        next(it)  # request 3 has decoded a token: the rest join a running batch
+        later = [engine.submit(p, SamplingParams(max_new_tokens=n)) for p, n in
+                 zip(prompts[3:], budgets[3:], strict=True)]  # fmt: skip
+        list(it)
+        handles = first + later
+        texts = [h.text() for h in handles if h is not first[2]]
+        stats = engine.stats()
+        for p, n, h in zip(prompts, budgets, handles, strict=True):
+            ref = _reference(engine.model, p, n, engine.eos_ids)
+            assert h.token_ids == ref, f"prompt of {len(p)} tokens, {n} new"
+            assert h.completion_tokens == len(ref) and h.prompt_tokens == len(p)
+            assert h.finish_reason == ("stop" if ref[-1] in engine.eos_ids else "length")
+        assert len({tuple(h.token_ids) for h in handles}) == len(handles)  # varied outputs
+        assert any(texts)
+        assert stats["max_batch"] > 1
+        assert stats["joined_running"] >= 1
+        assert stats["steps"] < sum(len(h.token_ids) for h in handles)  # rows shared steps
+        assert stats["max_batch"] <= 4
+    finally:
+        engine.stop()
+
+
+def test_cancel_stops_a_row_and_the_others_go_on(chatty_llama_dir):
+    engine = _load(chatty_llama_dir, eos_ids=[])  # never stops early
+    try:
+        prompter = ChatPrompter(engine.tokenizer)
+        prompt = prompter.encode([{"role": "user", "content": "Hello"}])
+        params = SamplingParams(max_new_tokens=200, stop=())
+        victim = engine.submit(prompt, params)
+        other = engine.submit(prompt, SamplingParams(max_new_tokens=40))
+        it = iter(victim)
+        next(it)
+        victim.cancel()
+        rest = list(it)
+        assert victim.finish_reason == "cancelled"
+        assert victim.completion_tokens < 200
+        assert len(rest) < 100
+        other.text()
+        assert other.finish_reason in ("length", "stop")
+        assert engine.stats()["cancelled"] == 1
+        # a handle cancelled before it is admitted never runs
+        engine_busy = engine.submit(prompt, SamplingParams(max_new_tokens=30))
+        queued = engine.submit(prompt, SamplingParams(max_new_tokens=30))
+        queued.cancel()
+        assert queued.text() == "" or queued.finish_reason == "cancelled"
+        engine_busy.text()
+    finally:
+        engine.stop()
+
+
+def test_mixed_adapter_batch_equals_each_adapter_alone(chatty_llama_dir, llama_adapters):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    engine = _load(chatty_llama_dir, llama_adapters)
+    try:
+        assert set(engine.adapters) == {"a1", "a2"}
+        prompter = ChatPrompter(engine.tokenizer)
+        prompt = prompter.encode([{"role": "user", "content": QUESTIONS[2]}])
+        names = ["a1", "__base__", "a2", "a1", "a2"]
+        handles = [engine.submit(prompt, SamplingParams(max_new_tokens=12), n) for n in names]
+        for h in handles:
+            h.text()
+        assert engine.stats()["max_batch"] > 1
+        refs = {}
+        for name in ("a1", "a2", "__base__"):
+            base = AutoModelForCausalLM.from_pretrained(chatty_llama_dir).eval()
+            model = (
+                base
+                if name == "__base__"
+                else PeftModel.from_pretrained(base, llama_adapters[name]).eval()
+            )
+            refs[name] = _reference(model, prompt, 12, engine.eos_ids)
+        assert len({tuple(v) for v in refs.values()}) == 3  # the adapters change the output
+        for name, h in zip(names, handles, strict=True):
+            assert h.token_ids == refs[name], name
+        with pytest.raises(InvalidParameter, match="a1, a2"):
+            engine.submit(prompt, SamplingParams(), "nope")
+    finally:
+        engine.stop()
+
+
+def test_sampling_is_reproducible_with_a_seed(chatty_llama_dir):
+    engine = _load(chatty_llama_dir)
+    try:
+        prompt = ChatPrompter(engine.tokenizer).encode([{"role": "user", "content": "Hello"}])
+
+        def run(seed: int | None) -> list[int]:
+            p = SamplingParams(max_new_tokens=20, do_sample=True, temperature=1.5, seed=seed)
+            return _tokens(engine, prompt, p)
+
+        a, b, c = run(7), run(7), run(8)
+        assert a == b
+        assert a != c
+        tiny_p = SamplingParams(max_new_tokens=10, do_sample=True, top_p=1e-6, seed=3)
+        greedy = SamplingParams(max_new_tokens=10)
+        assert _tokens(engine, prompt, tiny_p) == _tokens(engine, prompt, greedy)
+    finally:
+        engine.stop()
+
+
+def _tokens(engine: Engine, prompt: list[int], params: SamplingParams) -> list[int]:
+    h = engine.submit(prompt, params)
+    h.text()
+    return h.token_ids
+
+
+def test_sample_next_respects_top_p():
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    gen = torch.Generator().manual_seed(0)
+    params = SamplingParams(do_sample=True, temperature=1.0, top_p=0.7)
+    seen = {sample_next(logits, params, gen) for _ in range(400)}
+    assert seen == {0, 1}  # 0.5 < 0.7 so token 1 is in; 0.8 >= 0.7 so token 2 is out
+    wide = {sample_next(logits, SamplingParams(do_sample=True), gen) for _ in range(400)}
+    assert wide == {0, 1, 2, 3}
+    assert sample_next(logits, SamplingParams(do_sample=True, temperature=0), gen) == 0
+
+
+def test_stop_strings_and_utf8_deltas(chatty_llama_dir):
+    engine = _load(chatty_llama_dir)
+    try:
+        prompt = ChatPrompter(engine.tokenizer).encode([{"role": "user", "content": "Hello"}])
+        full = engine.submit(prompt, SamplingParams(max_new_tokens=30)).text()
+        assert len(full) > 6
+        stop = full[3:6]
+        cut = engine.submit(prompt, SamplingParams(max_new_tokens=30, stop=(stop,)))
+        assert cut.text() == full[: full.index(stop)]
+        assert cut.finish_reason == "stop"
+    finally:
+        engine.stop()
+    # byte-level tokens of "é" (2 bytes) decode to U+FFFD alone: never emitted half
+    tok = engine.tokenizer
+    ids = tok("héllo wörld", add_special_tokens=False)["input_ids"]
+    detok = _Detokenizer(tok)
+    deltas = [detok.add(i) for i in ids] + [detok.flush()]
+    assert "".join(deltas) == "héllo wörld"
+    assert not any("\ufffd" in d for d in deltas)
+
+
+def test_engine_survives_a_failing_request(chatty_llama_dir, monkeypatch):
+    engine = _load(chatty_llama_dir)
+    try:
+        prompt = ChatPrompter(engine.tokenizer).encode([{"role": "user", "content": "Hi"}])
+        real = engine._forward
+        calls = {"n": 0}
+
+        def flaky(*a, **kw):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("boom")
+            return real(*a, **kw)
+
+        monkeypatch.setattr(engine, "_forward", flaky)
+        bad = engine.submit(prompt, SamplingParams(max_new_tokens=5))
+        with pytest.raises(ChattuneError, match="boom"):
+            bad.text()
+        good = engine.submit(prompt, SamplingParams(max_new_tokens=5))
+        assert good.completion_tokens == 0
+        good.text()
+        assert good.completion_tokens == 5 and engine.alive()
+        assert engine.stats()["failed"] == 1
+    finally:
+        engine.stop()
+
+
+def test_prompt_too_long_is_refused(chatty_llama_dir):
+    engine = _load(chatty_llama_dir)
+    try:
+        with pytest.raises(InvalidParameter, match="context holds 256"):
+            engine.submit([5] * 256, SamplingParams())
+    finally:
+        engine.stop()
+
+
+def test_async_iteration_in_an_event_loop(chatty_llama_dir):
+    import asyncio
+
+    engine = _load(chatty_llama_dir)
+    try:
+        prompt = ChatPrompter(engine.tokenizer).encode([{"role": "user", "content": "Hi"}])
+        sync_text = engine.submit(prompt, SamplingParams(max_new_tokens=8)).text()
+
+        async def main() -> list[str]:
+            handles = [engine.submit(prompt, SamplingParams(max_new_tokens=8)) for _ in range(3)]
+            return ["".join([d async for d in h]) for h in handles]
+
+        assert asyncio.run(main()) == [sync_text] * 3
+    finally:
+        engine.stop()
+
+
+# -- loader -------------------------------------------------------------------------------------
+def test_resolve_checkpoint_layouts(chatty_llama_dir, llama_adapters, tmp_path):
+    hf = resolve_checkpoint(chatty_llama_dir)
+    assert (hf.kind, hf.adapter_dir, hf.tokenizer_dir) == ("hf", None, chatty_llama_dir)
+    assert len(hf.base_id) == 16
+
+    pt = tmp_path / "pytorch_model_folder"
+    shutil.copytree(chatty_llama_dir, pt)
+    shutil.copytree(llama_adapters["a1"], pt / "adapter")
+    ck = resolve_checkpoint(pt)
+    assert (ck.kind, ck.adapter_dir, ck.base_id) == ("pytorch_model_folder", pt / "adapter",
+                                                     hf.base_id)  # fmt: skip
+
+    bare = resolve_checkpoint(llama_adapters["a2"])
+    assert bare.kind == "peft_adapter" and bare.model_dir == chatty_llama_dir.resolve()
+    assert bare.base_id == hf.base_id
+
+    from chattune.train.convert import ConvertConfig, run_convert
+
+    run_convert(ConvertConfig(
+        model_dir=chatty_llama_dir, pytorch_model_folder=tmp_path / "pt2",
+        mlflow_model_folder=tmp_path / "mlflow",
+    ))  # fmt: skip
+    ml = resolve_checkpoint(tmp_path / "mlflow")
+    assert ml.kind == "mlflow"
+    assert ml.model_dir == (tmp_path / "mlflow" / "model").resolve()
+    assert ml.tokenizer_dir.name == "tokenizer"
+    assert load_tokenizer(ml).chat_template
+
+    other = tmp_path / "other"
+    shutil.copytree(chatty_llama_dir, other)
+    (other / "model.safetensors").write_bytes(b"x" * 10)
+    assert resolve_checkpoint(other).base_id != hf.base_id
+
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("hi")
+    with pytest.raises(ChattuneError, match=r"no config\.json.*notes\.txt"):
+        resolve_checkpoint(tmp_path / "junk")
+
+
+def test_adapter_for_another_base_is_refused(chatty_llama_dir, chatty_phi3_dir, llama_adapters):
+    ckpt = resolve_checkpoint(chatty_phi3_dir)
+    with pytest.raises(ChattuneError, match="trained on base"):
+        load_model(ckpt, {"a1": llama_adapters["a1"]}, device=torch.device("cpu"),
+                   dtype=torch.float32)  # fmt: skip
+
+
+def test_join_while_decoding_does_not_wait_for_the_batch(chatty_llama_dir):
+    """A short request submitted during a long one finishes first (no batch barrier)."""
+    engine = _load(chatty_llama_dir, eos_ids=[])
+    try:
+        prompt = ChatPrompter(engine.tokenizer).encode([{"role": "user", "content": "Hi"}])
+        long = engine.submit(prompt, SamplingParams(max_new_tokens=200))
+        it = iter(long)
+        next(it)
+        short = engine.submit(prompt, SamplingParams(max_new_tokens=3))
+        finished = threading.Event()
+        t = threading.Thread(target=lambda: (short.text(), finished.set()))
+        t.start()
+        assert finished.wait(30)
+        assert long.finish_reason is None  # still decoding when the short one is done
+        long.cancel()
+        list(it)
+        t.join()
+    finally:
+        engine.stop()
