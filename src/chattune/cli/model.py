@@ -10,9 +10,10 @@ import typer
 from rich.table import Table
 
 from chattune.cli.common import JsonOpt, WorkspaceOpt, console, open_workspace, print_json
-from chattune.errors import ModelImportError
+from chattune.errors import InvalidParameter, ModelImportError
 from chattune.models.importer import import_model
-from chattune.models.store import get_model, list_models, with_tags
+from chattune.models.store import ModelVersion, get_model, list_models, with_tags
+from chattune.registry import delete_model, register_model
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -23,20 +24,21 @@ def _gib(n: int) -> str:
 
 @app.command("list")
 def list_cmd(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
-    """List every model version: built-in catalog cards and the workspace's imports."""
+    """List every model version: built-in catalog cards, imports and registered versions."""
     ws = open_workspace(workspace)
     versions = list_models(ws)
     if as_json:
         print_json([v.to_dict() for v in versions])
         return
     table = Table(title=f"models in {ws.root}")
-    for col in ("name", "version", "kind", "params", "context", "created", "path"):
+    for col in ("name", "version", "kind", "type", "params", "context", "created", "path"):
         table.add_column(col)
     for v in versions:
         table.add_row(
             v.name,
             v.version,
             v.kind,
+            v.type if v.kind == "registered" else "-",
             _gib(v.card.num_parameters),
             str(v.card.context_length),
             v.created_at.strftime("%Y-%m-%d %H:%M"),
@@ -55,7 +57,8 @@ def show(
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show one model version: its card, sources, tags and compute allow lists."""
+    """Show one model version: its card, sources, tags, compute allow lists and, for a
+    registered version, its lineage (job, base model, data files and hashes, metrics)."""
     ws = open_workspace(workspace)
     mv = with_tags(ws, get_model(ws, name, version=version, label=label))
     if as_json:
@@ -67,7 +70,7 @@ def show(
     table.add_column()
     rows = {
         "id": mv.id,
-        "kind": mv.kind,
+        "kind": mv.kind + (f" ({mv.type})" if mv.kind == "registered" else ""),
         "created": mv.created_at.isoformat(timespec="seconds"),
         "description": mv.description or card.description,
         "path": str(mv.path or "-"),
@@ -80,6 +83,7 @@ def show(
         "chat template": card.chat_template_source,
     }
     rows.update({f"tag {k}": v for k, v in mv.tags.items()})
+    rows.update(_lineage_rows(mv))
     for k, v in rows.items():
         table.add_row(k, v)
     console.print(table)
@@ -128,3 +132,103 @@ def import_cmd(
         return
     verb = "reused" if result.reused else "imported"
     console.print(f"[green]{verb}[/] {mv.name}:{mv.version} -> {mv.path}")
+
+
+def _lineage_rows(mv: ModelVersion) -> dict[str, str]:
+    """The lineage of a registered version as `model show` rows."""
+    lin = mv.lineage
+    if not lin:
+        return {}
+    if lin.get("source") != "job":
+        return {"lineage": f"registered from {lin.get('registered_from')}"}
+    base = lin["base_model"]
+    rows = {
+        "lineage job": f"{lin['job']} (output {lin['output']}, experiment {lin['experiment']})",
+        "lineage base model": f"{base['name']}:{base['version']}",
+    }
+    for split, d in lin["data"].items():
+        note = f" ({d['hashed']})" if "hashed" in d else ""
+        rows[f"data {split}"] = f"{d['path']}  sha256 {d['sha256']}{note}"
+    for k, v in sorted(lin["metrics"].items()):
+        rows[f"metric {k}"] = f"{v:.6g}" if isinstance(v, float) else str(v)
+    return rows
+
+
+def _parse_tags(tags: list[str]) -> dict[str, str]:
+    bad = [t for t in tags if "=" not in t or not t.partition("=")[0].strip()]
+    if bad:
+        raise InvalidParameter(
+            f"--tag takes key=value, got {', '.join(map(repr, bad))}.",
+            fix="write e.g. --tag dataset=chitchat --tag owner=me",
+        )
+    return {k.strip(): v.strip() for k, _, v in (t.partition("=") for t in tags)}
+
+
+@app.command()
+def register(
+    name: Annotated[str, typer.Option(help="Model name (letters, digits, '.', '_', '-').")],
+    path: Annotated[
+        str,
+        typer.Option(
+            help="A model folder, or a job output: jobs/JOB/outputs/OUTPUT or "
+            "azureml://jobs/JOB/outputs/OUTPUT (pytorch_model_folder, mlflow_model_folder, "
+            "trained_model = mlflow_model_folder). Write ./jobs/... for a local folder."
+        ),
+    ],
+    type_: Annotated[
+        str,
+        typer.Option(
+            "--type", help="mlflow_model (a folder with MLmodel) or custom_model (HF folder)."
+        ),
+    ],
+    version: Annotated[
+        str | None,
+        typer.Option(help="Any version string (e.g. a timestamp); default: the next number."),
+    ] = None,
+    description: Annotated[str, typer.Option(help="Free text.")] = "",
+    tag: Annotated[list[str] | None, typer.Option(help="A tag key=value (repeatable).")] = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a model folder or a job's output as a new, immutable version with its lineage.
+
+    The files are hard-linked into the workspace where the file system allows (copied
+    otherwise) and made read-only.
+    """
+    ws = open_workspace(workspace)
+    mv = register_model(
+        ws,
+        name=name,
+        path=path,
+        type=type_,
+        version=version,
+        description=description,
+        tags=_parse_tags(tag or []),
+        log=(lambda _m: None) if as_json else console.log,
+    )
+    if as_json:
+        print_json(mv.to_dict())
+        return
+    console.print(f"[green]registered[/] {mv.name}:{mv.version} ({mv.type}) -> {mv.path}")
+    console.print(f"show it with: chattune model show {mv.name} --version {mv.version}")
+
+
+@app.command()
+def delete(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[str | None, typer.Option(help="The version to delete.")] = None,
+    label: Annotated[
+        str | None, typer.Option(help="'latest': the most recently created version.")
+    ] = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete an imported or registered version and its files. Refused while a deployment
+    uses it, and for built-in catalog versions."""
+    mv = delete_model(open_workspace(workspace), name, version, label=label)
+    if as_json:
+        print_json({"deleted": f"{mv.name}:{mv.version}", "path": mv.path})
+        return
+    console.print(
+        f"[green]deleted[/] {mv.name}:{mv.version}" + (f" ({mv.path})" if mv.path else "")
+    )

@@ -58,8 +58,12 @@ class StepContext:
 
 # -- steps ---------------------------------------------------------------------------------
 def validation(ctx: StepContext) -> dict[str, Any]:
-    """Check that the data files exist and are readable, and report bad rows up front."""
+    """Check that the data files exist and are readable, and report bad rows up front.
+
+    Each file's sha256 is recorded with its row counts: the registry's lineage of a model
+    trained by this job names the exact data it saw."""
     from chattune.data.validate import validate_file
+    from chattune.models.importer import sha256_file
 
     spec = ctx.job.spec
     files = {"train": spec.train_file, "validation": spec.validation_file, "test": spec.test_file}
@@ -74,7 +78,12 @@ def validation(ctx: StepContext) -> dict[str, Any]:
         if path is None:
             continue
         report = validate_file(path)
-        summary[split] = {"rows": report.total, "bad_rows": report.invalid}
+        summary[split] = {
+            "path": str(path),
+            "sha256": sha256_file(path),
+            "rows": report.total,
+            "bad_rows": report.invalid,
+        }
         ctx.log(f"{split}: {path} has {report.total} rows, {report.invalid} bad")
         for reason, count in report.reasons.items():
             ctx.log(f"  {count} row(s) {reason}: preprocess drops them")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,12 +23,14 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 Kind = Literal["catalog", "imported", "registered"]
+AssetType = Literal["mlflow_model", "custom_model"]
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 @dataclass
 class ModelVersion:
-    """One version of a model, Azure-style: `name`, `version`, `tags`, `id`, plus the card."""
+    """One version of a model, Azure-style: `name`, `version`, `type`, `tags`, `id`, plus the
+    card. `lineage` says where a registered version came from (see `chattune.registry`)."""
 
     name: str
     version: str
@@ -38,6 +41,8 @@ class ModelVersion:
     source: str | None = None
     description: str = ""
     tags: dict[str, str] = field(default_factory=dict)
+    type: AssetType = "custom_model"
+    lineage: dict[str, Any] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -50,6 +55,7 @@ class ModelVersion:
             "name": self.name,
             "version": self.version,
             "kind": self.kind,
+            "type": self.type,
             "id": self.id,
             "created_at": self.created_at.isoformat(),
             "path": str(self.path) if self.path else None,
@@ -57,6 +63,7 @@ class ModelVersion:
             "description": self.description or self.card.description,
             "tags": self.tags,
             "card": self.card.summary(),
+            "lineage": self.lineage,
         }
 
 
@@ -83,6 +90,8 @@ def _row_version(row: Any) -> ModelVersion:
         source=row["source"],
         description=row["description"],
         tags=json.loads(row["tags"]),
+        type=row["asset_type"],
+        lineage=json.loads(row["lineage"]),
     )
 
 
@@ -135,6 +144,20 @@ def next_version(ws: Workspace, name: str) -> str:
     return str(max(numeric, default=0) + 1)
 
 
+def check_version(version: str) -> None:
+    """Refuse a malformed version string (it names a folder of the workspace).
+
+    Raises:
+        InvalidParameter: naming the characters allowed.
+    """
+    if not _VERSION_RE.match(version):
+        raise InvalidParameter(
+            f"version {version!r} is not valid.",
+            fix="use letters, digits, '.', '_' or '-', starting with a letter or digit "
+            "(at most 64 characters).",
+        )
+
+
 def add_version(
     ws: Workspace,
     *,
@@ -146,17 +169,16 @@ def add_version(
     version: str | None = None,
     description: str = "",
     tags: dict[str, str] | None = None,
+    asset_type: AssetType = "custom_model",
+    lineage: dict[str, Any] | None = None,
 ) -> ModelVersion:
     """Record a new workspace version of `name` (the next number when `version` is None).
 
     Raises:
         InvalidParameter: the version string is malformed or already exists.
     """
-    if version is not None and not _VERSION_RE.match(version):
-        raise InvalidParameter(
-            f"version {version!r} is not valid.",
-            fix="use letters, digits, '.', '_' or '-' (at most 64 characters).",
-        )
+    if version is not None:
+        check_version(version)
     with ws.write() as conn:
         version = version or next_version(ws, name)
         if any(v.version == version for v in list_models(ws, name)):
@@ -167,7 +189,7 @@ def add_version(
         created = time.time()
         conn.execute(
             "INSERT INTO models(name, version, kind, created_at, path, source, card, tags,"
-            " description) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " description, asset_type, lineage) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 name,
                 version,
@@ -178,9 +200,19 @@ def add_version(
                 card.model_dump_json(),
                 json.dumps(tags or {}),
                 description,
+                asset_type,
+                json.dumps(lineage or {}),
             ),
         )
     return get_model(ws, name, version=version)
+
+
+def delete_version(conn: sqlite3.Connection, name: str, version: str) -> bool:
+    """Remove the workspace row of `name:version` inside the caller's write transaction
+    (`with ws.write() as conn:`); the files are the caller's to remove. Returns whether a
+    row was there. Catalog versions have no row and are never touched."""
+    cur = conn.execute("DELETE FROM models WHERE name = ? AND version = ?", (name, version))
+    return cur.rowcount > 0
 
 
 def with_tags(ws: Workspace, mv: ModelVersion) -> ModelVersion:

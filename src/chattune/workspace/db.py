@@ -107,6 +107,12 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (endpoint, deployment, idx)
     )
     """,
+    # v4: registered versions keep their lineage (JSON: job, base model, data hashes,
+    # metrics) and Azure's asset type (mlflow_model | custom_model)
+    """
+    ALTER TABLE models ADD COLUMN lineage TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE models ADD COLUMN asset_type TEXT NOT NULL DEFAULT 'custom_model'
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 BUSY_TIMEOUT_MS = 30_000
