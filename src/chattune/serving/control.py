@@ -1,0 +1,263 @@
+"""The CLI's side of the supervisor: start it detached, signal it and wait until a change is
+live, wait for deployments, stop and delete endpoints, bring every endpoint back (`up`).
+
+A change is live when the supervisor's status file (`supervisor.json`) acknowledges an
+endpoint stamp at least as new as the one the change wrote: the CLI sends SIGHUP and waits
+for that, never for a fixed time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import httpx
+
+from chattune.errors import DeploymentFailed, EndpointError
+from chattune.jobs.store import pid_alive
+from chattune.serving.endpoints import (
+    Deployment,
+    Endpoint,
+    create_endpoint,
+    delete_endpoint_rows,
+    endpoint_dir,
+    get_deployment,
+    get_endpoint,
+    list_deployments,
+    list_endpoints,
+    list_instances,
+    set_endpoint_fields,
+)
+from chattune.serving.instances import free_port, port_free
+from chattune.serving.supervisor import status_path
+from chattune.workspace import Workspace
+
+POLL_S = 0.02
+
+
+def log_path(ws: Workspace, endpoint: str) -> os.PathLike:
+    return endpoint_dir(ws, endpoint) / "supervisor.log"
+
+
+def _log_tail(ws: Workspace, endpoint: str, n: int = 5) -> str:
+    try:
+        lines = log_path(ws, endpoint).read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return " | ".join(lines[-n:])
+
+
+def spawn_supervisor(ws: Workspace, endpoint: str) -> int:
+    """Start the supervisor of `endpoint` detached (own session: it outlives the CLI)."""
+    log = log_path(ws, endpoint)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "chattune.serving.supervisor", str(ws.root), endpoint],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    set_endpoint_fields(ws, endpoint, bump=False, pid=proc.pid, state="creating", error=None)
+    return proc.pid
+
+
+def _status(ws: Workspace, endpoint: str) -> dict:
+    try:
+        return json.loads(status_path(ws, endpoint).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def wait_running(ws: Workspace, endpoint: str, timeout_s: float = 120.0) -> Endpoint:
+    """Wait until the supervisor of `endpoint` has applied its config and the gateway answers
+    `/health`.
+
+    Raises:
+        EndpointError: the supervisor died (the message quotes its log) or took too long.
+    """
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(trust_env=False) as client:
+        while time.monotonic() < deadline:
+            ep = get_endpoint(ws, endpoint)
+            if not pid_alive(ep.pid):
+                raise EndpointError(
+                    f"the supervisor of endpoint {endpoint!r} exited: {ep.error or ''} "
+                    f"log: {_log_tail(ws, endpoint)}",
+                    fix=f"read {log_path(ws, endpoint)}, fix the cause, then `chattune up`.",
+                )
+            if _status(ws, endpoint).get("pid") == ep.pid:
+                try:
+                    client.get(f"http://127.0.0.1:{ep.port}/health", timeout=2.0)
+                    return get_endpoint(ws, endpoint)
+                except httpx.HTTPError:
+                    pass
+            time.sleep(POLL_S * 5)
+    raise EndpointError(
+        f"the gateway of {endpoint!r} did not answer within {timeout_s:.0f} s.",
+        fix=f"read {log_path(ws, endpoint)}.",
+    )
+
+
+def apply(ws: Workspace, endpoint: str, stamp: float, timeout_s: float = 60.0) -> bool:
+    """Make the change that wrote `stamp` live: SIGHUP the supervisor, wait for its ack.
+
+    Returns:
+        True when live; False when the endpoint's supervisor is not running (the change is
+        in the database and applies at `chattune up`).
+
+    Raises:
+        EndpointError: the supervisor died or did not acknowledge in time.
+    """
+    ep = get_endpoint(ws, endpoint)
+    if not pid_alive(ep.pid):
+        return False
+    os.kill(ep.pid, signal.SIGHUP)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = _status(ws, endpoint)
+        if status.get("pid") == ep.pid and status.get("applied", 0) >= stamp:
+            return True
+        if not pid_alive(ep.pid):
+            raise EndpointError(
+                f"the supervisor of {endpoint!r} exited before applying the change.",
+                fix=f"read {log_path(ws, endpoint)}, then `chattune up`.",
+            )
+        time.sleep(POLL_S)
+    raise EndpointError(
+        f"the supervisor of {endpoint!r} did not apply the change within {timeout_s:.0f} s.",
+        fix=f"read {log_path(ws, endpoint)}.",
+    )
+
+
+def start_endpoint(
+    ws: Workspace,
+    name: str,
+    *,
+    auth_mode: str = "key",
+    description: str = "",
+    tags: dict[str, str] | None = None,
+) -> Endpoint:
+    """Create endpoint `name` on a free port and start its supervisor; returns once its
+    gateway answers. A failed start leaves no row behind."""
+    create_endpoint(
+        ws, name, port=free_port(), auth_mode=auth_mode, description=description, tags=tags
+    )
+    try:
+        spawn_supervisor(ws, name)
+        return wait_running(ws, name)
+    except BaseException:
+        stop_endpoint(ws, name)
+        delete_endpoint_rows(ws, name)
+        raise
+
+
+def wait_deployment(
+    ws: Workspace,
+    endpoint: str,
+    name: str,
+    timeout_s: float = 900.0,
+    on_progress: Callable[[Deployment], None] | None = None,
+) -> Deployment:
+    """Wait until deployment `name` is ready.
+
+    Raises:
+        DeploymentFailed: it failed (the reason from its instance log) or timed out.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        dep = get_deployment(ws, endpoint, name)
+        if on_progress:
+            on_progress(dep)
+        if dep.state == "ready":
+            return dep
+        if dep.state == "failed":
+            raise DeploymentFailed(
+                f"deployment {name!r} of {endpoint!r} failed: {dep.error}",
+                fix=f"read its log (chattune deployment logs --endpoint {endpoint} --name "
+                f"{name}), fix the model or settings, then `chattune deployment update` or "
+                "delete and create it again.",
+            )
+        ep = get_endpoint(ws, endpoint)
+        if not pid_alive(ep.pid):
+            raise DeploymentFailed(
+                f"the supervisor of {endpoint!r} is not running, so {name!r} cannot start.",
+                fix="run `chattune up`.",
+            )
+        if time.monotonic() > deadline:
+            raise DeploymentFailed(
+                f"deployment {name!r} was not ready after {timeout_s:.0f} s (state {dep.state}).",
+                fix="read its log with `chattune deployment logs`; raise the timeout.",
+            )
+        time.sleep(0.1)
+
+
+def stop_endpoint(ws: Workspace, name: str, timeout_s: float = 30.0) -> None:
+    """Stop every process of endpoint `name` (supervisor, gateway, instances) and wait until
+    they are gone and its ports are free.
+
+    Raises:
+        EndpointError: something still runs or listens after `timeout_s`.
+    """
+    ep = get_endpoint(ws, name)
+    instances = list_instances(ws, name)
+    pids = [p for p in [ep.pid, *(i.pid for i in instances)] if p]
+    ports = [p for p in [ep.port, *(i.port for i in instances)] if p]
+    if pid_alive(ep.pid):
+        os.kill(ep.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if pid_alive(p)]
+        if not alive and all(port_free(p) for p in ports):
+            return
+        if time.monotonic() > deadline - timeout_s / 3:
+            for pid in alive:  # the supervisor could not stop them: last resort
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(POLL_S * 5)
+    raise EndpointError(
+        f"processes {[p for p in pids if pid_alive(p)]} or ports {ports} of {name!r} are "
+        "still in use.",
+        fix="stop them by hand (kill PID), then run the command again.",
+    )
+
+
+def delete_endpoint(ws: Workspace, name: str) -> None:
+    """Stop every process of `name`, wait for its ports, remove its rows and its folder."""
+    set_endpoint_fields(ws, name, bump=False, state="deleting")
+    stop_endpoint(ws, name)
+    delete_endpoint_rows(ws, name)
+    shutil.rmtree(endpoint_dir(ws, name), ignore_errors=True)
+
+
+def bring_up(ws: Workspace, timeout_s: float = 900.0) -> list[Endpoint]:
+    """Restart the supervisor of every endpoint whose supervisor is not running (after a
+    machine restart every pid is dead): same port, keys, deployments and traffic. Waits until
+    each gateway answers and each deployment is ready or failed.
+
+    Returns:
+        the endpoints it started.
+    """
+    started = []
+    for ep in list_endpoints(ws):
+        if ep.state == "deleting":
+            continue
+        if not pid_alive(ep.pid):
+            spawn_supervisor(ws, ep.name)
+            started.append(ep.name)
+    for name in started:
+        wait_running(ws, name)
+    for name in started:
+        for dep in list_deployments(ws, name):
+            # a failure is recorded in its row: `up` reports it and the others go on
+            with contextlib.suppress(DeploymentFailed):
+                wait_deployment(ws, name, dep.name, timeout_s)
+    return [get_endpoint(ws, n) for n in started]

@@ -1,0 +1,234 @@
+"""Model-server processes of a deployment: start, probe, stop, and read why one died.
+
+A `Slot` is one place in a group of instances (`instance-<i>`); the process in it may be
+replaced many times (restarts). Probes run on a small thread pool so a hung instance never
+stalls the supervisor's loop: each probe is a future the loop checks on its next tick.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from chattune.serving.endpoints import ProbeSettings
+
+# The module run for each instance; `CHATTUNE_MODEL_SERVER` swaps in another server that
+# speaks the same command line and health routes (e.g. one backed by another engine).
+MODEL_SERVER_MODULE = "chattune.serving.model_server"
+STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this
+_START_MARK = "---- chattune supervisor: starting instance"
+_ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*|error: .*)$")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_free(port: int) -> bool:
+    """Whether nothing listens on 127.0.0.1:`port` (binding it would succeed)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def failure_reason(log: Path) -> str:
+    """Why the last run in `log` died: its last error line (a traceback's last line, or a
+    chattune `error:` line), else its last non-empty line."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return f"no log at {log}"
+    run = text.rsplit(_START_MARK, 1)[-1]
+    lines = [ln.strip() for ln in run.splitlines()[1:] if ln.strip()]
+    errors = [ln for ln in lines if _ERROR_LINE.match(ln)]
+    if errors:
+        return errors[-1]
+    return lines[-1] if lines else "the process exited without writing to its log"
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """What a group of instances runs; a change of spec replaces its processes."""
+
+    model_dir: str
+    adapters: tuple[tuple[str, str], ...] = ()  # (name, path) for LoRA-only groups
+    served_name: str = ""
+    generation: tuple[int, ...] = ()  # the members' generations: an update replaces
+
+
+@dataclass
+class Slot:
+    """Instance `idx` of group `group`, across its restarts."""
+
+    group: str
+    idx: int
+    log: Path
+    spec: GroupSpec | None = None
+    proc: subprocess.Popen | None = None
+    port: int | None = None
+    started: float = 0.0  # monotonic
+    restarts: int = 0
+    start_crashes: int = 0  # consecutive exits before ever getting ready
+    ready: bool = False
+    ever_ready: bool = False
+    live_fail: int = 0
+    ready_ok: int = 0
+    ready_fail: int = 0
+    error: str | None = None
+    next_live: float = 0.0
+    next_ready: float = 0.0
+    live_probe: Future | None = field(default=None, repr=False)
+    ready_probe: Future | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def state(self) -> str:
+        """starting | ready | unhealthy | failed (the `instances.state` column)."""
+        if self.proc is None:
+            return "failed"
+        if self.ready:
+            return "ready"
+        return "unhealthy" if self.ever_ready else "starting"
+
+    def start(self, spec: GroupSpec, liveness: ProbeSettings, readiness: ProbeSettings) -> None:
+        """Start a model server for `spec` on a fresh port, logging to `self.log`."""
+        self.spec, self.port = spec, free_port()
+        cmd = [
+            sys.executable,
+            "-m",
+            os.environ.get("CHATTUNE_MODEL_SERVER", MODEL_SERVER_MODULE),
+            "--model-dir",
+            spec.model_dir,
+            *[arg for name, path in spec.adapters for arg in ("--adapter", f"{name}={path}")],
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--served-name",
+            spec.served_name,
+            "--parent-pid",
+            str(os.getpid()),
+        ]
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            out.write(
+                f"{_START_MARK} {self.idx} on port {self.port} (restarts {self.restarts}) "
+                f"{time.strftime('%H:%M:%S')}\n".encode()
+            )
+            out.flush()
+            # same process group as the supervisor: killing the group kills every instance
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        now = time.monotonic()
+        self.started = now
+        self.next_live = now + liveness.initial_delay
+        self.next_ready = now + readiness.initial_delay
+        self.ready = self.ever_ready = False
+        self.live_fail = self.ready_ok = self.ready_fail = 0
+        self.live_probe = self.ready_probe = None
+        self.error = None
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop the process (SIGTERM, SIGKILL after `grace_s`) and wait for it."""
+        proc, self.proc, self.ready = self.proc, None, False
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the process at once (a failed liveness probe: it may be hung)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc, self.ready = None, False
+
+
+def probe(client: httpx.Client, url: str, timeout: float) -> bool:
+    """One probe: GET `url` answered 2xx within `timeout` seconds."""
+    try:
+        return client.get(url, timeout=timeout).is_success
+    except httpx.HTTPError:
+        return False
+
+
+class Prober:
+    """Runs liveness (`/health`) and readiness (`/ready`) probes of slots on a thread pool."""
+
+    def __init__(self, workers: int = 8) -> None:
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="probe")
+        self.client = httpx.Client(trust_env=False)
+
+    def tick(self, slot: Slot, liveness: ProbeSettings, readiness: ProbeSettings) -> bool:
+        """Collect finished probes of `slot` and start the ones that are due.
+
+        Returns:
+            True when the slot's readiness changed or its liveness failed for good (the
+            caller then restarts it: `slot.live_fail >= liveness.failure_threshold`).
+        """
+        changed = False
+        now = time.monotonic()
+        if slot.live_probe is not None and slot.live_probe.done():
+            ok = slot.live_probe.result()
+            slot.live_probe = None
+            slot.live_fail = 0 if ok else slot.live_fail + 1
+            changed |= slot.live_fail >= liveness.failure_threshold
+        if slot.ready_probe is not None and slot.ready_probe.done():
+            ok = slot.ready_probe.result()
+            slot.ready_probe = None
+            if ok:
+                slot.ready_ok, slot.ready_fail = slot.ready_ok + 1, 0
+                if not slot.ready and slot.ready_ok >= readiness.success_threshold:
+                    slot.ready = slot.ever_ready = changed = True
+                    slot.start_crashes = 0
+            else:
+                slot.ready_ok, slot.ready_fail = 0, slot.ready_fail + 1
+                if slot.ready and slot.ready_fail >= readiness.failure_threshold:
+                    slot.ready, changed = False, True
+        if slot.live_probe is None and now >= slot.next_live:
+            slot.next_live = now + liveness.period
+            slot.live_probe = self.pool.submit(
+                probe, self.client, slot.url + "/health", liveness.timeout
+            )
+        if slot.ready_probe is None and now >= slot.next_ready:
+            # before the first success, probe readiness often: a loaded model joins at once
+            period = readiness.period if slot.ever_ready else min(readiness.period, 0.25)
+            slot.next_ready = now + period
+            slot.ready_probe = self.pool.submit(
+                probe, self.client, slot.url + "/ready", readiness.timeout
+            )
+        return changed
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()

@@ -1,0 +1,419 @@
+"""The supervisor of one endpoint: `python -m chattune.serving.supervisor WS ENDPOINT`.
+
+One process per endpoint, detached from the CLI that started it. It serves the endpoint's
+gateway (in a thread, on the endpoint's port) and makes the model-server processes follow
+the workspace database: `instance_count` processes per deployment (LoRA-only deployments
+of one base share one group), probed per their liveness/readiness settings, restarted when
+liveness fails or the process exits, and marked failed (with the reason from the log) when
+they crash at start again and again. Whenever anything changes it pushes a fresh
+`GatewayConfig` holding only ready instances, and writes back the endpoint stamp it has
+applied to `ws/endpoints/<name>/supervisor.json`: the CLI waits for that stamp.
+
+SIGHUP: re-read the database now. SIGTERM: stop every instance and exit.
+
+The CLI side (start, signal and wait, stop) is `serving/control.py`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chattune.errors import ChattuneError
+from chattune.serving.endpoints import (
+    Deployment,
+    Endpoint,
+    Instance,
+    ProbeSettings,
+    endpoint_dir,
+    get_endpoint,
+    list_deployments,
+    replace_instances,
+    set_deployment_state,
+    set_endpoint_fields,
+)
+from chattune.serving.gateway_config import DeploymentTarget, GatewayConfig, key_digest
+from chattune.serving.instances import GroupSpec, Prober, Slot, failure_reason
+from chattune.workspace import Workspace
+
+GATEWAY_FACTORY = "chattune.serving.gateway:create_gateway"  # `CHATTUNE_GATEWAY` overrides
+TICK_S = 0.05  # the loop's period: process exits and probe results are seen this fast
+POLL_DB_S = 1.0  # re-read the database this often even without SIGHUP
+MAX_START_CRASHES = 3  # exits before ever being ready, in a row: the deployment failed
+STATUS_FILE = "supervisor.json"
+
+
+def status_path(ws: Workspace, endpoint: str) -> Path:
+    return endpoint_dir(ws, endpoint) / STATUS_FILE
+
+
+def _say(msg: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+
+
+@dataclass
+class Group:
+    """The processes serving one deployment, or every LoRA-only deployment of one base."""
+
+    name: str
+    members: list[Deployment]
+    spec: GroupSpec
+    count: int
+    liveness: ProbeSettings
+    readiness: ProbeSettings
+    failed: str | None = None  # why, once it crash-looped at start
+    ready_once: bool = False  # every instance was ready once: a later restart keeps "ready"
+
+
+def plan_groups(ws: Workspace, deployments: list[Deployment]) -> dict[str, Group]:
+    """Which process groups the deployments need, and what each runs."""
+    from chattune.models.store import get_model
+
+    groups: dict[str, Group] = {}
+    for dep in deployments:
+        mv = get_model(ws, dep.model_name, version=dep.model_version)
+        s = dep.settings
+        if not s.lora_only:
+            spec = GroupSpec(str(mv.path), served_name=dep.name, generation=(dep.generation,))
+            groups[dep.name] = Group(
+                dep.name, [dep], spec, dep.instance_count, s.liveness_probe, s.readiness_probe
+            )
+            continue
+        ckpt = _resolve(str(mv.path))
+        group = groups.get(dep.group)
+        if group is None:
+            group = groups[dep.group] = Group(
+                dep.group,
+                [],
+                GroupSpec(str(ckpt.model_dir), served_name=dep.group),
+                0,
+                s.liveness_probe,
+                s.readiness_probe,
+            )
+        group.members.append(dep)
+        group.count = max(group.count, dep.instance_count)
+        group.spec = GroupSpec(
+            group.spec.model_dir,
+            (*group.spec.adapters, (dep.name, str(ckpt.adapter_dir))),
+            dep.group,
+            (*group.spec.generation, dep.generation),
+        )
+    return groups
+
+
+_resolved: dict[str, Any] = {}
+
+
+def _resolve(path: str) -> Any:
+    """`loader.resolve_checkpoint`, once per path (it hashes the base weights)."""
+    if path not in _resolved:
+        from chattune.serving.loader import resolve_checkpoint
+
+        _resolved[path] = resolve_checkpoint(Path(path))
+    return _resolved[path]
+
+
+class Supervisor:
+    """Reconciles one endpoint's processes with the database; see the module docstring."""
+
+    def __init__(self, ws: Workspace, endpoint: str) -> None:
+        self.ws, self.name = ws, endpoint
+        self.dir = endpoint_dir(ws, endpoint)
+        self.slots: dict[tuple[str, int], Slot] = {}
+        self.groups: dict[str, Group] = {}
+        self.endpoint: Endpoint | None = None
+        self.applied = 0.0  # the endpoint stamp the running config reflects
+        self.wake = threading.Event()
+        self.stopping = False
+        self.prober = Prober()
+        self.gateway: Any = None
+        self.server: Any = None
+        self._last_rows: Any = None
+        self._last_config: GatewayConfig | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def run(self) -> int:
+        """Serve until SIGTERM or until the endpoint's row is gone. Returns the exit code."""
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        signal.signal(signal.SIGHUP, lambda *_: self.wake.set())
+        ep = get_endpoint(self.ws, self.name)
+        set_endpoint_fields(
+            self.ws, self.name, bump=False, pid=os.getpid(), state="creating", error=None
+        )
+        self.endpoint = ep
+        try:
+            self._start_gateway(ep)
+        except ChattuneError as exc:
+            set_endpoint_fields(
+                self.ws, self.name, bump=False, pid=None, state="failed", error=str(exc)
+            )
+            _say(f"error: {exc}")
+            return 1
+        _say(f"gateway of {self.name} on http://127.0.0.1:{ep.port}")
+        last_db = 0.0
+        try:
+            while not self.stopping:
+                now = time.monotonic()
+                if self.wake.is_set() or now - last_db >= POLL_DB_S:
+                    self.wake.clear()
+                    last_db = now
+                    if not self._reconcile():
+                        break
+                self._watch()
+                self.wake.wait(TICK_S)
+        except Exception:
+            traceback.print_exc()
+            set_endpoint_fields(
+                self.ws,
+                self.name,
+                bump=False,
+                state="failed",
+                error="the supervisor crashed: see its log",
+            )
+            return 1
+        finally:
+            self._shutdown()
+        return 0
+
+    def _on_term(self, *_: Any) -> None:
+        self.stopping = True
+        self.wake.set()
+
+    def _start_gateway(self, ep: Endpoint) -> None:
+        import uvicorn
+
+        module, _, func = os.environ.get("CHATTUNE_GATEWAY", GATEWAY_FACTORY).partition(":")
+        self.gateway = getattr(importlib.import_module(module), func)(self._config(ep, {}))
+        config = uvicorn.Config(
+            self.gateway.app, host="127.0.0.1", port=ep.port, log_level="warning"
+        )
+        self.server = uvicorn.Server(config)
+        thread = threading.Thread(target=self.server.run, name="gateway", daemon=True)
+        thread.start()
+        while not self.server.started:
+            if not thread.is_alive():
+                raise ChattuneError(
+                    f"the gateway could not listen on port {ep.port} (in use?).",
+                    fix=f"free port {ep.port} (e.g. stop what listens there), then run "
+                    "`chattune up`.",
+                )
+            time.sleep(0.02)
+
+    def _shutdown(self) -> None:
+        _say("stopping instances")
+        for slot in self.slots.values():
+            if slot.proc is not None and slot.proc.poll() is None:
+                slot.proc.send_signal(signal.SIGTERM)
+        for slot in self.slots.values():
+            slot.stop()
+        self.prober.close()
+        if self.server is not None:
+            self.server.should_exit = True
+        try:
+            set_endpoint_fields(self.ws, self.name, bump=False, pid=None, state="stopped")
+            replace_instances(self.ws, self.name, [])
+        except ChattuneError:
+            pass  # the endpoint was deleted: nothing to record
+        _say("supervisor stopped")
+
+    # -- reconcile ---------------------------------------------------------------------------
+    def _reconcile(self) -> bool:
+        """Read the database; start/stop processes to match. False: the endpoint is gone."""
+        try:
+            ep = get_endpoint(self.ws, self.name)
+        except ChattuneError:
+            return False
+        if ep.state == "deleting":
+            return False
+        deployments = list_deployments(self.ws, self.name)
+        stamp_changed = ep.updated_at != self.applied
+        if not stamp_changed and self.groups:
+            return True
+        old = self.groups
+        self.groups = {}
+        for name, group in plan_groups(self.ws, deployments).items():
+            prior = old.get(name)
+            if prior is not None and prior.spec == group.spec:
+                group.failed = prior.failed  # a crash loop ends with an update only
+                group.ready_once = prior.ready_once and prior.count == group.count
+            self.groups[name] = group
+        for key, slot in list(self.slots.items()):
+            group = self.groups.get(key[0])
+            if group is None or key[1] >= group.count or slot.spec != group.spec:
+                _say(f"stopping {key[0]} instance {key[1]}")
+                slot.stop()
+                if group is None or key[1] >= group.count:
+                    del self.slots[key]
+                else:
+                    slot.restarts, slot.start_crashes = 0, 0
+        for group in self.groups.values():
+            for idx in range(group.count):
+                slot = self.slots.get((group.name, idx))
+                if slot is None:
+                    log = self.dir / group.name / f"instance-{idx}.log"
+                    slot = self.slots[(group.name, idx)] = Slot(group.name, idx, log)
+                if slot.proc is None and group.failed is None:
+                    _say(f"starting {group.name} instance {idx}")
+                    slot.start(group.spec, group.liveness, group.readiness)
+        self.endpoint = ep
+        self._publish(ep.updated_at)
+        return True
+
+    def _watch(self) -> None:
+        """Check exits and probes of every slot; restart what died; publish on change."""
+        changed = False
+        for (gname, idx), slot in self.slots.items():
+            group = self.groups.get(gname)
+            if group is None or slot.proc is None:
+                continue
+            code = slot.proc.poll()
+            if code is not None:
+                changed = True
+                self._on_exit(group, slot, code)
+                continue
+            if self.prober.tick(slot, group.liveness, group.readiness):
+                changed = True
+                if slot.live_fail >= group.liveness.failure_threshold:
+                    _say(
+                        f"{gname} instance {idx}: liveness failed {slot.live_fail} times; "
+                        "restarting"
+                    )
+                    slot.kill()
+                    slot.restarts += 1
+                    slot.start(group.spec, group.liveness, group.readiness)
+                    slot.error = f"liveness probe failed {group.liveness.failure_threshold} times"
+        if changed:
+            self._publish(self.applied)
+
+    def _on_exit(self, group: Group, slot: Slot, code: int) -> None:
+        reason = failure_reason(slot.log)
+        slot.proc, slot.ready = None, False
+        if not slot.ever_ready:
+            slot.start_crashes += 1
+        _say(f"{group.name} instance {slot.idx} exited with code {code}: {reason}")
+        if slot.start_crashes >= MAX_START_CRASHES:
+            group.failed = (
+                f"instance {slot.idx} exited {slot.start_crashes} times before getting ready; "
+                f"last error: {reason}"
+            )
+            slot.error = reason
+            _say(f"{group.name} failed: {group.failed}")
+            return
+        slot.restarts += 1
+        slot.start(group.spec, group.liveness, group.readiness)
+        slot.error = f"exited with code {code}: {reason}"
+
+    # -- publish -------------------------------------------------------------------------------
+    def _deployment_state(self, group: Group) -> tuple[str, str | None]:
+        if group.failed:
+            return "failed", group.failed
+        slots = [self.slots.get((group.name, i)) for i in range(group.count)]
+        group.ready_once |= all(s is not None and s.ever_ready for s in slots)
+        if group.ready_once:
+            return "ready", None
+        return "creating", None
+
+    def _config(self, ep: Endpoint, states: dict[str, tuple[str, str | None]]) -> GatewayConfig:
+        targets = {}
+        for group in self.groups.values():
+            urls = tuple(
+                s.url
+                for (g, _), s in sorted(self.slots.items())
+                if g == group.name and s.ready and s.proc is not None
+            )
+            for dep in group.members:
+                state, error = states.get(dep.name, ("creating", None))
+                targets[dep.name] = DeploymentTarget(
+                    name=dep.name,
+                    instances=urls,
+                    instance_count=group.count,
+                    request_timeout_ms=dep.settings.request_timeout_ms,
+                    max_concurrent_requests_per_instance=(
+                        dep.settings.max_concurrent_requests_per_instance
+                    ),
+                    adapter=dep.name if dep.settings.lora_only else None,
+                    state=state,
+                    error=error,
+                )
+        return GatewayConfig(
+            endpoint=ep.name,
+            key_digests=(key_digest(ep.primary_key), key_digest(ep.secondary_key)),
+            traffic=dict(ep.traffic),
+            mirror_traffic=dict(ep.mirror_traffic),
+            deployments=targets,
+        )
+
+    def _publish(self, stamp: float) -> None:
+        """Push the gateway config, write the rows that changed, then acknowledge `stamp`."""
+        ep = self.endpoint
+        assert ep is not None
+        states = {}
+        for group in self.groups.values():
+            state = self._deployment_state(group)
+            for dep in group.members:
+                states[dep.name] = state
+        config = self._config(ep, states)
+        if config != self._last_config:
+            self.gateway.update(config)
+            self._last_config = config
+        rows = [
+            (
+                dep.name,
+                slot.idx,
+                slot.proc.pid if slot.proc else None,
+                slot.port,
+                slot.state,
+                slot.restarts,
+                slot.error,
+            )
+            for group in self.groups.values()
+            for dep in group.members
+            for (g, _), slot in sorted(self.slots.items())
+            if g == group.name
+        ]
+        snapshot = (rows, states)
+        if snapshot != self._last_rows:
+            now = time.time()
+            replace_instances(
+                self.ws, self.name, [Instance(self.name, *r, updated_at=now) for r in rows]
+            )
+            for dep_name, (state, error) in states.items():
+                set_deployment_state(self.ws, self.name, dep_name, state, error)
+            self._last_rows = snapshot
+        if ep.state != "running":
+            set_endpoint_fields(self.ws, self.name, bump=False, state="running", error=None)
+            ep.state = "running"
+        if stamp != self.applied:
+            self.applied = stamp
+            _write_status(status_path(self.ws, self.name), os.getpid(), ep.port, stamp)
+
+
+def _write_status(path: Path, pid: int, port: int | None, applied: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{pid}")
+    tmp.write_text(json.dumps({"pid": pid, "port": port, "applied": applied}))
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: `python -m chattune.serving.supervisor WS ENDPOINT`."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m chattune.serving.supervisor WORKSPACE ENDPOINT", file=sys.stderr)
+        return 2
+    ws = Workspace.open(args[0])
+    return Supervisor(ws, args[1]).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
