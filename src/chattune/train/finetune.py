@@ -370,7 +370,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
         load_best_model_at_end=p.apply_early_stopping and evaluate,
         metric_for_best_model="eval_loss" if p.apply_early_stopping and evaluate else None,
         greater_is_better=False if p.apply_early_stopping and evaluate else None,
-        gradient_checkpointing=p.gradient_checkpointing,
+        activation_checkpointing=p.gradient_checkpointing,  # v5 name of gradient_checkpointing
         auto_find_batch_size=p.auto_find_batch_size,
         deepspeed=_deepspeed_config(cfg, cuda),
         use_cpu=not cuda,

@@ -1,0 +1,185 @@
+"""The finetune step's options on a tiny model: every scheduler, gradient checkpointing,
+early stopping, save_total_limit, DeepSpeed without CUDA, fp16 on CPU (integration)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from chattune.train import finetune as ft
+from chattune.train.finetune import FinetuneConfig, run_finetune
+from chattune.train.params import parse_params
+from chattune.train.preprocess import PreprocessConfig, run_preprocess
+from tests.jobs.conftest import write_chats
+
+pytestmark = pytest.mark.integration
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+STEP_LINE = re.compile(r"^step (\d+)/\d+ .*")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, tiny_llama_dir: Path) -> Path:
+    root = tmp_path_factory.mktemp("ft-data")
+    train = write_chats(root / "train.jsonl", 60, seed=3, turns=2)
+    out = root / "pre"
+    run_preprocess(
+        PreprocessConfig(
+            train_file=train, model_dir=tiny_llama_dir, max_seq_length=64, output_dir=out
+        ),
+        lambda _m: None,
+    )
+    assert (out / "validation.parquet").is_file()
+    return out
+
+
+def train(tmp_path: Path, model_dir: Path, data_dir: Path, **params) -> dict[str, float]:
+    base = {
+        "max_steps": 8,
+        "learning_rate": 3e-3,
+        "logging_steps": 1,
+        "save_steps": 100,
+        "evaluation_strategy": "disable",
+        "apply_lora": True,
+        "lora_r": 4,
+        "lora_alpha": 8,
+    }
+    cfg = FinetuneConfig(
+        model_dir=model_dir,
+        data_dir=data_dir,
+        output_dir=tmp_path / "out",
+        params=parse_params({**base, **params}),
+        lora_target_modules=TARGETS,
+        max_seq_length=64,
+    )
+    return run_finetune(cfg)
+
+
+def logged(out: str, key: str) -> list[float]:
+    """The value of `key` on each `step N/M ...` line the step printed."""
+    values = []
+    for line in out.splitlines():
+        if STEP_LINE.match(line) and (m := re.search(rf"\b{key}=([-0-9.e+]+)", line)):
+            values.append(float(m.group(1)))
+    return values
+
+
+@pytest.mark.parametrize(
+    "scheduler",
+    ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"],
+)
+def test_every_scheduler_drives_the_learning_rate(
+    scheduler, tmp_path, tiny_llama_dir, data_dir, capsys
+) -> None:
+    from transformers import get_scheduler
+
+    train(
+        tmp_path, tiny_llama_dir, data_dir, lr_scheduler_type=scheduler, warmup_steps=2, max_steps=8
+    )
+    lrs = logged(capsys.readouterr().out, "learning_rate")
+    assert len(lrs) == 8
+    # what transformers' own scheduler gives for these settings, step by step
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=3e-3)
+    sched = get_scheduler(scheduler, opt, num_warmup_steps=2, num_training_steps=8)
+    expected = []
+    for _ in range(8):
+        expected.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx(expected, rel=1e-3, abs=1e-9)
+    if scheduler == "constant":  # no warm-up: transformers' "constant" ignores warmup_steps
+        assert lrs == pytest.approx([3e-3] * 8, rel=1e-3)
+        return
+    assert lrs[0] < lrs[2]  # warm-up from below
+    if scheduler == "constant_with_warmup":
+        assert lrs[2:] == pytest.approx([3e-3] * 6, rel=1e-3)
+    else:
+        assert lrs[-1] < lrs[2]  # the decaying ones decay
+
+
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_gradient_checkpointing_recomputes_and_gives_the_same_losses(
+    lora, tmp_path, tiny_llama_dir, data_dir, capsys, monkeypatch
+) -> None:
+    import transformers.modeling_utils as mu
+
+    calls = {"n": 0}
+    real = mu.checkpoint  # what enabling activation checkpointing wraps each layer with
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mu, "checkpoint", counting)
+    train(tmp_path / "plain", tiny_llama_dir, data_dir, apply_lora=lora, max_steps=4)
+    plain = logged(capsys.readouterr().out, "train_loss")
+    assert calls["n"] == 0
+    train(
+        tmp_path / "gc",
+        tiny_llama_dir,
+        data_dir,
+        apply_lora=lora,
+        max_steps=4,
+        gradient_checkpointing=True,
+    )
+    checkpointed = logged(capsys.readouterr().out, "train_loss")
+    assert calls["n"] >= 4 * 2  # every decoder layer, every step
+    assert checkpointed == pytest.approx(plain, rel=1e-4)
+
+
+def test_early_stopping_stops_when_eval_loss_stops_improving(
+    tmp_path, tiny_llama_dir, data_dir, capsys
+) -> None:
+    # a learning rate this high makes the eval loss worse after the first evaluation
+    metrics = train(
+        tmp_path,
+        tiny_llama_dir,
+        data_dir,
+        apply_lora=False,
+        learning_rate=0.5,
+        max_steps=40,
+        evaluation_strategy="steps",
+        eval_steps=2,
+        apply_early_stopping=True,
+        early_stopping_patience=1,
+    )
+    assert metrics["global_step"] < 40
+    evals = logged(capsys.readouterr().out, "eval_loss")
+    assert len(evals) >= 2 and min(evals[1:]) >= evals[0] - 1e-6
+
+
+@pytest.mark.parametrize(("limit", "kept"), [(1, 1), (-1, 4)])
+def test_save_total_limit_keeps_that_many_checkpoints(
+    limit, kept, tmp_path, tiny_llama_dir, data_dir
+) -> None:
+    train(tmp_path, tiny_llama_dir, data_dir, max_steps=8, save_steps=2, save_total_limit=limit)
+    ckpts = sorted((tmp_path / "out" / "checkpoints").glob("checkpoint-*"))
+    assert len(ckpts) == kept
+    assert ckpts[-1].name == "checkpoint-8"  # the newest is always kept
+    assert all((c / ft.COMPLETE).is_file() for c in ckpts)
+
+
+def test_deepspeed_without_cuda_says_so_and_trains(tmp_path, tiny_llama_dir, data_dir, capsys):
+    metrics = train(
+        tmp_path, tiny_llama_dir, data_dir, apply_deepspeed=True, deepspeed_stage=3, max_steps=2
+    )
+    assert "no CUDA device; running without DeepSpeed" in capsys.readouterr().out
+    assert metrics["global_step"] == 2
+
+
+@pytest.mark.parametrize("bf16_cpu", [True, False])
+def test_fp16_on_cpu(bf16_cpu, monkeypatch, capsys) -> None:
+    monkeypatch.setattr("chattune.compute.machine.cpu_bf16_supported", lambda: bf16_cpu)
+    params = parse_params({"precision": "16"})
+    if bf16_cpu:
+        with pytest.warns(UserWarning, match="runs as bf16"):
+            assert ft._precision(params, cuda=False) == (True, False)
+        assert "training in bf16 instead" in capsys.readouterr().out
+    else:
+        assert ft._precision(params, cuda=False) == (False, False)
+        assert "training in fp32 instead" in capsys.readouterr().out
+    assert ft._precision(params, cuda=True) == (False, True)  # real fp16 on GPUs
+    assert ft._precision(parse_params({"precision": "32"}), cuda=False) == (False, False)
