@@ -183,3 +183,31 @@ def test_fp16_on_cpu(bf16_cpu, monkeypatch, capsys) -> None:
         assert "training in fp32 instead" in capsys.readouterr().out
     assert ft._precision(params, cuda=True) == (False, True)  # real fp16 on GPUs
     assert ft._precision(parse_params({"precision": "32"}), cuda=False) == (False, False)
+
+
+@pytest.mark.parametrize("stage", ["2", "3"])
+def test_deepspeed_config_is_written_where_cuda_and_deepspeed_exist(
+    stage, tmp_path, monkeypatch
+) -> None:
+    import json
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "deepspeed", types.ModuleType("deepspeed"))
+    cfg = FinetuneConfig(
+        model_dir=tmp_path,
+        data_dir=tmp_path,
+        output_dir=tmp_path,
+        params=parse_params({"apply_deepspeed": "true", "deepspeed_stage": stage}),
+        lora_target_modules=TARGETS,
+        max_seq_length=64,
+    )
+    path = ft._deepspeed_config(cfg, cuda=True)
+    ds = json.loads(Path(path).read_text())
+    assert ds["zero_optimization"]["stage"] == int(stage)
+    assert ("stage3_gather_16bit_weights_on_model_save" in ds["zero_optimization"]) == (
+        stage == "3"
+    )
+    # the Trainer fills the "auto" values from its own arguments
+    assert ds["train_micro_batch_size_per_gpu"] == "auto"
+    assert ft._deepspeed_config(cfg, cuda=False) is None
