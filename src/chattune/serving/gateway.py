@@ -1,0 +1,280 @@
+"""The gateway of one online endpoint: keys, traffic, mirror, limits, timeouts, forwarding.
+
+An ASGI app (FastAPI) that the supervisor runs with uvicorn on the endpoint's port, in front
+of the model-server instances of the endpoint's deployments. Laid out the
+fastapi-best-practices way: the dependencies `valid_key` → `route_deployment` validate and
+load, one service (`Forwarder`, in `forwarder.py`) forwards, and every error is an
+`HTTPProblem` mapped once by `install_error_handlers`.
+
+    gateway = create_gateway(config)
+    uvicorn.run(gateway.app, port=port)   # the supervisor calls gateway.update(new) as
+                                          # keys, traffic or instance health change
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from chattune.serving import gateway_openapi as docs
+from chattune.serving.errors import HTTPProblem, install_error_handlers
+from chattune.serving.forwarder import Forwarder
+from chattune.serving.gateway_config import GatewayConfig, key_digest
+from chattune.serving.routing import (
+    DEPLOYMENT_HEADER,
+    RETRY_AFTER_STARTING_S,
+    InFlight,
+    Route,
+    check_serving,
+    choose_route,
+)
+
+
+class Gateway:
+    """One endpoint's gateway: `app` to serve, `update` to swap its config.
+
+    Args:
+        config: the first config.
+        rng: the source of the traffic and mirror draws (seed it for reproducible tests).
+    """
+
+    def __init__(self, config: GatewayConfig, rng: random.Random | None = None) -> None:
+        self._lock = threading.Lock()
+        self._config = config
+        self.rng = rng or random.Random()
+        self.in_flight = InFlight()
+        self.forwarder = Forwarder(self.in_flight)
+        self.app = _build_app(self)
+
+    @property
+    def config(self) -> GatewayConfig:
+        """The config in force now."""
+        with self._lock:
+            return self._config
+
+    def update(self, config: GatewayConfig) -> None:
+        """Swap in a new config, from any thread; requests in flight finish on the old one."""
+        with self._lock:
+            self._config = config
+
+
+def create_gateway(config: GatewayConfig, *, rng: random.Random | None = None) -> Gateway:
+    """Build the gateway of one endpoint.
+
+    Args:
+        config: keys, traffic, mirror and deployments to route by.
+        rng: the random source of the traffic split and mirror draws.
+
+    Returns:
+        The gateway; serve `gateway.app` with uvicorn, call `gateway.update(config)` on changes.
+    """
+    return Gateway(config, rng)
+
+
+# --- dependencies -------------------------------------------------------------------------
+# All `async def`: they run on the event loop, where the in-flight counts live, instead of
+# hopping to FastAPI's thread pool as plain `def` dependencies would.
+
+_bearer = HTTPBearer(auto_error=False, description="the endpoint's primary or secondary key")
+
+
+def _gateway(request: Request) -> Gateway:
+    return request.app.state.gateway
+
+
+async def current_config(request: Request) -> GatewayConfig:
+    """The config snapshot this request runs on (FastAPI caches it once per request)."""
+    return _gateway(request).config
+
+
+async def valid_key(
+    request: Request,
+    credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
+    config: GatewayConfig = Depends(current_config),
+) -> None:
+    """Accept the request only with `Authorization: Bearer <key>` of the endpoint.
+
+    The scheme is case-insensitive, the key is not. The key's digest is compared with every
+    stored digest in constant time and without stopping at the first match, so the timing
+    tells nothing about which key (or how much of one) matched.
+
+    Raises:
+        HTTPProblem: 401 with `WWW-Authenticate: Bearer` when the key is missing or wrong.
+    """
+    given = key_digest(credentials.credentials) if credentials else None
+    matched = False
+    for digest in config.key_digests:
+        matched |= secrets.compare_digest(given or b"", digest)
+    if given is not None and matched:
+        return
+    if "authorization" not in request.headers:
+        what = "no key was sent"
+    elif credentials is None:
+        what = "the Authorization header is not `Bearer <key>`"
+    else:
+        what = f"the key is not a key of endpoint '{config.endpoint}'"
+    raise HTTPProblem(
+        401,
+        f"{what}. Fix: send `Authorization: Bearer <key>` with the endpoint's primary or "
+        f"secondary key (`chattune endpoint get-keys {config.endpoint}`).",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+async def route_deployment(
+    request: Request,
+    config: GatewayConfig = Depends(current_config),
+    _key: None = Depends(valid_key),
+) -> Route:
+    """Pick the deployment (header or traffic split) and check that it can answer now.
+
+    Raises:
+        HTTPProblem: 404 unknown deployment or no traffic; 424 deployment failed; 503 starting.
+    """
+    route = choose_route(config, request.headers.get(DEPLOYMENT_HEADER), _gateway(request).rng)
+    check_serving(route.target)
+    return route
+
+
+async def limited_body(
+    request: Request,
+    config: GatewayConfig = Depends(current_config),
+    _key: None = Depends(valid_key),
+) -> bytes:
+    """The request body, refused past `config.max_body_bytes`: by its declared
+    Content-Length first, then by counting while reading (chunked bodies declare none).
+
+    Raises:
+        HTTPProblem: 413.
+    """
+    limit = config.max_body_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    size, parts = 0, []
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(size, limit, at_least=True)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _too_large(size: int, limit: int, *, at_least: bool = False) -> HTTPProblem:
+    more = "at least " if at_least else ""
+    return HTTPProblem(
+        413,
+        f"request body too large: {more}{size} bytes, the limit is {limit}. Fix: send fewer "
+        "or shorter messages in one request.",
+    )
+
+
+async def forwarder(request: Request) -> Forwarder:
+    """The gateway's forwarding service."""
+    return _gateway(request).forwarder
+
+
+# --- routes -------------------------------------------------------------------------------
+
+open_router = APIRouter(tags=["health"])
+router = APIRouter(dependencies=[Depends(valid_key)])
+
+
+@open_router.get("/health", summary="The gateway is alive")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@open_router.get("/ready", summary="Some deployment with traffic has a ready instance")
+async def ready(config: GatewayConfig = Depends(current_config)) -> dict[str, Any]:
+    serving = [
+        name
+        for name, pct in config.traffic.items()
+        if pct > 0 and name in config.deployments and config.deployments[name].instances
+    ]
+    if not serving:
+        raise HTTPProblem(
+            503,
+            f"endpoint '{config.endpoint}' is not ready: no deployment with traffic has a "
+            "ready instance yet.",
+            headers={"Retry-After": str(RETRY_AFTER_STARTING_S)},
+        )
+    return {"status": "ready", "deployments": serving}
+
+
+@router.post("/score", tags=["scoring"], openapi_extra=docs.SCORE, responses=docs.ERRORS)
+async def score(
+    request: Request,
+    route: Route = Depends(route_deployment),
+    body: bytes = Depends(limited_body),
+    service: Forwarder = Depends(forwarder),
+) -> Response:
+    """The seed's scoring API: `{"input_data": {"input_string": [...], "parameters": {}}}`."""
+    return await service.forward(request, route, body)
+
+
+@router.post(
+    "/v1/chat/completions", tags=["openai"], openapi_extra=docs.CHAT, responses=docs.ERRORS
+)
+async def chat_completions(
+    request: Request,
+    route: Route = Depends(route_deployment),
+    body: bytes = Depends(limited_body),
+    service: Forwarder = Depends(forwarder),
+) -> Response:
+    """OpenAI chat completions; `stream: true` answers with server-sent events."""
+    return await service.forward(request, route, body)
+
+
+@router.get("/v1/models", tags=["openai"], responses=docs.MODELS)
+async def models(config: GatewayConfig = Depends(current_config)) -> dict[str, Any]:
+    """One model per deployment of the endpoint (its name is the deployment name)."""
+    return {
+        "object": "list",
+        "data": [
+            {"id": name, "object": "model", "created": 0, "owned_by": config.endpoint}
+            for name in sorted(config.deployments)
+        ],
+    }
+
+
+@router.get("/openapi.json", include_in_schema=False)
+@router.get("/swagger.json", include_in_schema=False)
+async def openapi(request: Request) -> JSONResponse:
+    """The OpenAPI document (`/swagger.json` is the path Azure prints as `openapi_uri`)."""
+    return JSONResponse(request.app.openapi())
+
+
+def _build_app(gateway: Gateway) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await gateway.forwarder.start()
+        try:
+            yield
+        finally:
+            await gateway.forwarder.stop()
+
+    app = FastAPI(
+        title=f"chattune endpoint {gateway.config.endpoint}",
+        version="1",
+        description=docs.DESCRIPTION,
+        lifespan=lifespan,
+        # The document needs the key like every other route, so FastAPI's open routes for
+        # it (and the docs pages that fetch it without a key) are off; `openapi` serves it.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.gateway = gateway
+    install_error_handlers(app)
+    app.include_router(open_router)
+    app.include_router(router)
+    return app
