@@ -196,9 +196,10 @@ def _from_job(ws: Workspace, job_name: str, output: str, asset_type: AssetType) 
             fix=f"run the job again to rebuild it (chattune job resume {job_name} or a new job).",
         )
     fits = [n for n in names if _fits(Path(job.outputs[aliases.get(n, n)]), asset_type)]
+    own = [t for t in ASSET_TYPES if _fits(folder, t)]
     other = (
-        f"job {job_name!r}'s output {' / '.join(fits)} is an {asset_type}: use "
-        f"jobs/{job_name}/outputs/{fits[-1]}, or pass the --type that fits {output}."
+        f"use jobs/{job_name}/outputs/{fits[-1]} (output {' / '.join(fits)} is the job's "
+        f"{asset_type})" + (f", or register {output} with --type {own[0]}." if own else ".")
         if fits
         else ""
     )
