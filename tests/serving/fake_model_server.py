@@ -4,7 +4,8 @@ no model. Starts in a fraction of a second, so crash, liveness and restart tests
 Its behaviour comes from `<model-dir>/fake.json`:
     {"load_s": 0.3}            /ready answers 503 for that long, then 200
     {"crash": "ValueError: x"} prints a traceback ending in that line and exits 1 at start
-`POST /score` answers `{"output": "<served-name> on <port>"}` after `?sleep=S` seconds.
+    {"score_s": 0.5}           every POST waits that long before answering
+`POST /score` answers `{"output": "<served-name> on <port>"}`.
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ def main() -> int:
         def do_POST(self) -> None:
             length = int(self.headers.get("content-length") or 0)
             self.rfile.read(length)
-            if "sleep=" in self.path:
-                time.sleep(float(self.path.split("sleep=")[1]))
+            print(f"scoring {self.path}", flush=True)  # tests count requests in flight here
+            time.sleep(float(behaviour.get("score_s", 0.0)))
             self._send(200, {"output": f"{name} on {args.port}"})
 
         def log_message(self, *_: object) -> None:
