@@ -3,6 +3,7 @@ that kills every process the test started, whatever state it left."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -50,10 +51,8 @@ def processes_under(marker: str) -> list[int]:
 
 def kill_all(marker: str) -> None:
     for pid in processes_under(marker):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @pytest.fixture
