@@ -127,3 +127,120 @@ def test_help_and_version(capsys) -> None:
     assert code == 0 and out.strip()
     code, _, err = run(capsys, "model", "show")
     assert code == 2 and "Missing argument" in err
+
+
+# -- register / show lineage / delete -------------------------------------------------------
+@pytest.fixture
+def ft_job(workspace, tiny_llama_dir: Path, tmp_path: Path):
+    """A Completed job `ft-job-1` with real convert outputs (tests/registry/completed_job.py)."""
+    from tests.registry.completed_job import make_adapter, make_job
+
+    adapter = make_adapter(tiny_llama_dir, tmp_path / "finetune")
+    (tmp_path / "data").mkdir()
+    return make_job(workspace, tiny_llama_dir, adapter, tmp_path / "data")
+
+
+def test_model_register_show_list_delete(workspace, ft_job, capsys) -> None:
+    import hashlib
+
+    ws = ("--workspace", str(workspace.root))
+    code, out, err = run(
+        capsys,
+        "model",
+        "register",
+        "--name",
+        "smol-chat",
+        "--version",
+        "1732550400",
+        "--path",
+        "azureml://jobs/ft-job-1/outputs/trained_model",
+        "--type",
+        "mlflow_model",
+        "--tag",
+        "dataset=chats",
+        "--tag",
+        "note=a=b",
+        "--json",
+        *ws,
+    )
+    assert code == 0, err
+    data = json.loads(out)
+    assert (data["version"], data["type"], data["kind"]) == (
+        "1732550400",
+        "mlflow_model",
+        "registered",
+    )
+    assert data["tags"] == {"dataset": "chats", "note": "a=b"}
+    code, out, err = run(
+        capsys,
+        "model",
+        "register",
+        "--name",
+        "smol-chat",
+        "--path",
+        "jobs/ft-job-1/outputs/pytorch_model_folder",
+        "--type",
+        "custom_model",
+        *ws,
+    )
+    assert code == 0 and "registered smol-chat:1732550401 (custom_model)" in out
+
+    code, out, _ = run(capsys, "model", "show", "smol-chat", "--version", "1732550400", *ws)
+    assert code == 0
+    train_sha = hashlib.sha256(ft_job.spec.train_file.read_bytes()).hexdigest()
+    assert "registered (mlflow_model)" in out
+    assert "lineage: job ft-job-1, output trained_model (= mlflow_model_folder)" in out
+    assert f"  data train: {ft_job.spec.train_file} (24 rows) sha256 {train_sha}\n" in out
+    assert "  metrics: bleu_1=0.25, eval_loss=2.5, perplexity=41.5, rougeL=0.31" in out
+    code, out, _ = run(capsys, "model", "show", "smol-chat", "--label", "latest", "--json", *ws)
+    lineage = json.loads(out)["lineage"]
+    assert json.loads(out)["version"] == "1732550401"
+    assert lineage["data"]["train"]["sha256"] == train_sha
+    assert lineage["metrics"]["eval_loss"] == 2.5
+
+    code, out, _ = run(capsys, "model", "list", "--json", *ws)
+    mine = [
+        (m["version"], m["kind"], m["type"]) for m in json.loads(out) if m["name"] == "smol-chat"
+    ]
+    assert mine == [
+        ("1732550400", "registered", "mlflow_model"),
+        ("1732550401", "registered", "custom_model"),
+    ]
+    code, out, _ = run(capsys, "model", "list", *ws)
+    assert code == 0 and "smol-" in out  # an 80-column console wraps the cells
+
+    with workspace.write() as conn:
+        conn.execute(
+            "INSERT INTO endpoints(name, primary_key, secondary_key, created_at, updated_at)"
+            " VALUES ('chat-ep', 'k1', 'k2', 0, 0)"
+        )
+        conn.execute(
+            "INSERT INTO deployments(endpoint, name, model_name, model_version, created_at,"
+            " updated_at) VALUES ('chat-ep', 'demo', 'smol-chat', '1732550400', 0, 0)"
+        )
+    code, _, err = run(capsys, "model", "delete", "smol-chat", "--version", "1732550400", *ws)
+    assert code == 2
+    assert "deployment 'demo' of endpoint 'chat-ep'" in err and "fix:" in err
+    with workspace.write() as conn:
+        conn.execute("DELETE FROM deployments")
+    code, out, _ = run(capsys, "model", "delete", "smol-chat", "--version", "1732550400", *ws)
+    assert code == 0 and "deleted smol-chat:1732550400" in out
+    code, out, _ = run(capsys, "model", "list", "--json", *ws)
+    assert [m["version"] for m in json.loads(out) if m["name"] == "smol-chat"] == ["1732550401"]
+
+
+def test_model_register_and_delete_refusals(workspace, ft_job, capsys) -> None:
+    ws = ("--workspace", str(workspace.root))
+    base = ("model", "register", "--name", "smol-chat", "--type", "mlflow_model")
+    code, _, err = run(capsys, *base, "--path", "jobs/ft-job-1/outputs/nope", *ws)
+    assert code == 2 and "has no output 'nope'" in err and "trained_model" in err
+    code, _, err = run(capsys, *base, "--path", "jobs/ghost/outputs/trained_model", *ws)
+    assert code == 2 and "no job named 'ghost'" in err and "ft-job-1" in err
+    code, _, err = run(
+        capsys, *base, "--path", "jobs/ft-job-1/outputs/trained_model", "--tag", "oops", *ws
+    )
+    assert code == 2 and "--tag takes key=value" in err
+    code, _, err = run(capsys, "model", "register", "--name", "x", "--path", "p", *ws)
+    assert code == 2 and "--type" in err  # the type is required
+    code, _, err = run(capsys, "model", "delete", "SmolLM2-135M-Instruct", "--label", "latest", *ws)
+    assert code == 2 and "catalog versions cannot be deleted" in err

@@ -31,7 +31,8 @@ def list_cmd(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
         print_json([v.to_dict() for v in versions])
         return
     table = Table(title=f"models in {ws.root}")
-    for col in ("name", "version", "kind", "type", "params", "context", "created", "path"):
+    # no path column: it would squeeze the rest on an 80-column terminal (model show has it)
+    for col in ("name", "version", "kind", "type", "params", "context", "created"):
         table.add_column(col)
     for v in versions:
         table.add_row(
@@ -42,7 +43,6 @@ def list_cmd(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
             _gib(v.card.num_parameters),
             str(v.card.context_length),
             v.created_at.strftime("%Y-%m-%d %H:%M"),
-            str(v.path or "-"),
         )
     console.print(table)
 
@@ -83,10 +83,11 @@ def show(
         "chat template": card.chat_template_source,
     }
     rows.update({f"tag {k}": v for k, v in mv.tags.items()})
-    rows.update(_lineage_rows(mv))
     for k, v in rows.items():
         table.add_row(k, v)
     console.print(table)
+    for line in _lineage_lines(mv):  # long paths and hashes: plain lines, never wrapped
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
     allowed = ast.literal_eval(mv.tags["finetune_compute_allow_list"])
     if not allowed:
         console.print(
@@ -134,24 +135,30 @@ def import_cmd(
     console.print(f"[green]{verb}[/] {mv.name}:{mv.version} -> {mv.path}")
 
 
-def _lineage_rows(mv: ModelVersion) -> dict[str, str]:
-    """The lineage of a registered version as `model show` rows."""
+def _lineage_lines(mv: ModelVersion) -> list[str]:
+    """The lineage of a registered version, as `model show` prints it under the table."""
     lin = mv.lineage
     if not lin:
-        return {}
+        return []
     if lin.get("source") != "job":
-        return {"lineage": f"registered from {lin.get('registered_from')}"}
+        return [f"lineage: registered from {lin.get('registered_from')}"]
     base = lin["base_model"]
-    rows = {
-        "lineage job": f"{lin['job']} (output {lin['output']}, experiment {lin['experiment']})",
-        "lineage base model": f"{base['name']}:{base['version']}",
-    }
+    alias = f" (= {lin['job_output']})" if lin["job_output"] != lin["output"] else ""
+    lines = [
+        f"lineage: job {lin['job']}, output {lin['output']}{alias}, "
+        f"experiment {lin['experiment']}, MLflow run {lin.get('mlflow_run_id') or '-'}",
+        f"  base model: {base['name']}:{base['version']}",
+    ]
     for split, d in lin["data"].items():
+        rows = f" ({d['rows']} rows)" if "rows" in d else ""
         note = f" ({d['hashed']})" if "hashed" in d else ""
-        rows[f"data {split}"] = f"{d['path']}  sha256 {d['sha256']}{note}"
-    for k, v in sorted(lin["metrics"].items()):
-        rows[f"metric {k}"] = f"{v:.6g}" if isinstance(v, float) else str(v)
-    return rows
+        lines.append(f"  data {split}: {d['path']}{rows} sha256 {d['sha256']}{note}")
+    metrics = ", ".join(
+        f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in sorted(lin["metrics"].items())
+    )
+    lines.append(f"  metrics: {metrics or 'none recorded'}")
+    return lines
 
 
 def _parse_tags(tags: list[str]) -> dict[str, str]:
