@@ -474,6 +474,14 @@ def test_timeout_is_408_and_closes_the_upstream_request(fresh, serve) -> None:
     assert 0 < int(stats["headers"][0]["x-chattune-timeout-ms"]) <= 400
 
 
+def test_client_leaving_closes_the_upstream_request(fresh, serve) -> None:
+    gw = serve(config_for(fresh, settings={"blue": {"request_timeout_ms": 10_000}}))
+    with pytest.raises(httpx.ReadTimeout):
+        gw.post(json=with_fake(sleep=5, tag="left"), timeout=0.3)
+    assert settles(lambda: "left" in fresh["blue"].stats()["disconnected"], timeout_s=3)
+    assert settles(lambda: gw.gateway.in_flight.deployment("blue") == 0)
+
+
 def test_body_too_large_is_413(fresh, serve) -> None:
     gw = serve(config_for(fresh, max_body_bytes=1000))
     small = gw.post(
@@ -579,6 +587,23 @@ def test_sse_is_relayed_as_it_arrives(fresh, serve) -> None:
     assert total >= 1.4
     assert lines[0][0] < 0.7, "the first event waited for the stream to end"
     assert settles(lambda: gw.gateway.in_flight.deployment("blue") == 0)
+
+
+def test_client_leaving_mid_stream_closes_the_upstream_stream(fresh, serve) -> None:
+    gw = serve(config_for(fresh))
+    body = {
+        "messages": [],
+        "stream": True,
+        "fake": {"chunks": 6, "chunk_delay": 0.2, "tag": "gone"},
+    }
+    headers = {"Authorization": f"Bearer {PRIMARY}"}
+    with gw.client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r:
+        first = next(r.iter_lines())
+    assert first == 'data: {"i": 0, "name": "blue"}'
+    assert settles(lambda: gw.gateway.in_flight.deployment("blue") == 0)
+    time.sleep(1.5)  # past the end the stream would have had
+    stats = fresh["blue"].stats()
+    assert stats["chat"] == 1 and stats["finished"] == []
 
 
 def test_death_mid_stream_ends_with_an_sse_error_event(fresh, doomed, serve) -> None:

@@ -13,8 +13,9 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import httpx
 from fastapi import Request
@@ -30,6 +31,7 @@ log = logging.getLogger("chattune.serving.gateway")
 TIMEOUT_HEADER = "x-chattune-timeout-ms"  # the time budget left, for the model server
 ADAPTER_HEADER = "x-chattune-adapter"  # the LoRA adapter of a --lora-only deployment
 REQUEST_ID_HEADER = "x-request-id"
+T = TypeVar("T")
 _PASSED_UP = ("content-type", "accept")  # client headers the model server may need; never auth
 
 
@@ -98,26 +100,13 @@ class Forwarder:
             REQUEST_ID_HEADER: out.headers[REQUEST_ID_HEADER],
         }
         try:
-            upstream = await self._send(slot, out, deadline)
-            log.info(
-                "%s %s %s -> %s %s %d",
-                out.headers[REQUEST_ID_HEADER],
-                out.method,
-                out.path,
-                target.name,
-                slot.instance,
-                upstream.status_code,
-            )
-            media = upstream.headers.get("content-type", "")
-            if upstream.is_success and media.startswith("text/event-stream"):
+            exchange = self._exchange(slot, out, deadline)
+            upstream, content = await _unless_client_leaves(request, exchange)
+            if content is None:
+                media = upstream.headers["content-type"]
                 relay = RelayResponse(upstream, slot, deadline, headers=headers, media_type=media)
                 slot = None  # the relay owns it now: it frees it when the stream ends
                 return relay
-            try:
-                async with asyncio.timeout_at(deadline):
-                    content = await upstream.aread()
-            finally:
-                await upstream.aclose()
             return _answer(target.name, upstream, content, headers)
         except TimeoutError:
             raise _timed_out(target.name, target.request_timeout_ms) from None
@@ -126,6 +115,30 @@ class Forwarder:
         finally:
             if slot is not None:
                 slot.release()
+
+    async def _exchange(
+        self, slot: Slot, out: Outgoing, deadline: float
+    ) -> tuple[httpx.Response, bytes | None]:
+        """The upstream response and its body; for an event stream, the open response and
+        None (the body is relayed as it comes)."""
+        upstream = await self._send(slot, out, deadline)
+        log.info(
+            "%s %s %s -> %s %s %d",
+            out.headers[REQUEST_ID_HEADER],
+            out.method,
+            out.path,
+            slot.target.name,
+            slot.instance,
+            upstream.status_code,
+        )
+        media = upstream.headers.get("content-type", "")
+        if upstream.is_success and media.startswith("text/event-stream"):
+            return upstream, None
+        try:
+            async with asyncio.timeout_at(deadline):
+                return upstream, await upstream.aread()
+        finally:
+            await upstream.aclose()
 
     async def _send(self, slot: Slot, out: Outgoing, deadline: float) -> httpx.Response:
         """Send to the least busy instance; on connection refused (the request never got
@@ -231,6 +244,37 @@ class RelayResponse(StreamingResponse):
             yield _sse_error(_timed_out(target.name, target.request_timeout_ms))
         except httpx.TransportError as exc:
             yield _sse_error(_failed(target.name, exc))
+
+
+async def _unless_client_leaves(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first: cancelling closes the
+    upstream connection, so the model server stops generating an answer nobody will read.
+
+    Raises:
+        HTTPProblem: 499 (nginx's "client closed request"; nobody receives it) when the
+            client left.
+    """
+    task = asyncio.ensure_future(work)
+    left = asyncio.ensure_future(_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({task, left}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this request itself was cancelled (server shutting down)
+        task.cancel()
+        raise
+    finally:
+        left.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    await asyncio.wait({task})  # let its cleanup close the upstream connection
+    log.info("the client left before the answer; the upstream request was closed")
+    raise HTTPProblem(499, "the client closed the request before the answer was ready")
+
+
+async def _disconnect(request: Request) -> None:
+    """Return when the client disconnects (the body has been read whole already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _events_end(buffer: bytes) -> int:
