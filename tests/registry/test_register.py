@@ -246,7 +246,7 @@ def test_folder_registration_has_folder_lineage_only(
 
 
 def test_refusals_name_what_exists(
-    workspace: Workspace, job: JobRecord, tiny_llama_dir: Path, tmp_path: Path
+    workspace: Workspace, job: JobRecord, tiny_llama_dir: Path, tiny_adapter: Path, tmp_path: Path
 ) -> None:
     def refused(path: str, type: str = "mlflow_model", name: str = "chat", **kw) -> str:
         with pytest.raises((InvalidParameter, JobNotFound)) as err:
@@ -281,7 +281,12 @@ def test_refusals_name_what_exists(
     assert "has no MLmodel file" in msg and "--type custom_model" in msg
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert "has no config.json" in refused(str(empty), type="custom_model")
+    assert "has no config.json, so" in refused(str(empty), type="custom_model")
+    msg = refused(str(tiny_adapter / "model"), type="custom_model")
+    assert "bare PEFT adapter" in msg and "pytorch_model_folder" in msg
+    (empty / "config.json").write_text("{}")
+    (empty / "adapter").mkdir()
+    assert "adapter/ folder without adapter_config.json" in refused(str(empty), type="custom_model")
     assert "is not a folder" in refused(str(tmp_path / "missing"))
     msg = refused(str(tiny_llama_dir), type="triton_model")
     assert "--type 'triton_model'" in msg and "custom_model" in msg

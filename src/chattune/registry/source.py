@@ -122,10 +122,12 @@ def check_folder(folder: Path, asset_type: AssetType, what: str, other: str = ""
                 fix=other or "register it with --type mlflow_model.",
             )
         if not (folder / "config.json").is_file():
+            bare = (folder / "adapter_config.json").is_file()
+            why = " (it is a bare PEFT adapter: its base is elsewhere)" if bare else ""
             raise InvalidParameter(
-                f"{what} has no config.json, so it is not a Hugging Face model folder.",
-                fix="point --path at a folder written by save_pretrained (or a job's "
-                "pytorch_model_folder).",
+                f"{what} has no config.json{why}, so it is not a Hugging Face model folder.",
+                fix="point --path at a folder written by save_pretrained, or at a job's "
+                "pytorch_model_folder (the base model with its adapter in adapter/).",
             )
         adapter = folder / ADAPTER_SUBDIR
         if adapter.is_dir() and not (adapter / "adapter_config.json").is_file():
