@@ -310,3 +310,21 @@ def test_concurrent_registrations_take_distinct_versions(
         versions = sorted(pool.map(reg, range(4)))
     assert versions == ["1", "2", "3", "4"]
     assert version_dirs(workspace, "chat") == versions
+
+
+def test_base_model_deleted_since_the_job(workspace: Workspace, job: JobRecord) -> None:
+    from chattune.registry import delete_model
+
+    base = job.steps["model_import"]["state"]
+    imported = delete_model(workspace, base["model_name"], base["model_version"])
+    assert imported.kind == "imported" and not imported.path.exists()
+    mv = register_model(
+        workspace, name="chat", path=f"jobs/{JOB}/outputs/trained_model", type="mlflow_model"
+    )
+    assert mv.lineage["base_model"] == {
+        "name": base["model_name"],
+        "version": base["model_version"],
+        "note": "no longer in the workspace; card read from the model",
+    }
+    assert mv.card.context_length == 256 and mv.card.architecture == "LlamaForCausalLM"
+    assert "components/tokenizer" in mv.card.chat_template_source

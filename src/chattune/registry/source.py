@@ -180,7 +180,7 @@ def _from_job(ws: Workspace, job_name: str, output: str, asset_type: AssetType) 
             + ", or register another job's output (chattune job list).",
         )
     aliases = {**OUTPUT_ALIASES, **getattr(job.spec, "outputs", {})}
-    names = [*job.outputs, *(a for a in aliases if aliases[a] in job.outputs)]
+    names = list(dict.fromkeys([*job.outputs, *(a for a in aliases if aliases[a] in job.outputs)]))
     real = aliases.get(output, output)
     if real not in job.outputs:
         listed = ", ".join(
@@ -207,9 +207,12 @@ def _from_job(ws: Workspace, job_name: str, output: str, asset_type: AssetType) 
     )
     check_folder(folder, asset_type, what=f"output {output} of job {job_name!r}", other=other)
     base = _base_model(ws, job)
-    return ResolvedSource(
-        folder=folder, card=base["card"], lineage=_job_lineage(ws, job, output, real, base)
-    )
+    lineage = _job_lineage(ws, job, output, real, base)
+    card = base.get("card")
+    if card is None:  # the base version was deleted: the card comes from the weights
+        card = _card_of_folder(folder, asset_type)
+        lineage["base_model"]["note"] = "no longer in the workspace; card read from the model"
+    return ResolvedSource(folder=folder, card=card, lineage=lineage)
 
 
 def _fits(folder: Path, asset_type: AssetType) -> bool:
@@ -221,7 +224,8 @@ def _fits(folder: Path, asset_type: AssetType) -> bool:
 
 
 def _base_model(ws: Workspace, job: Any) -> dict[str, Any]:
-    """The model the job fine-tuned, as its model-import step resolved it."""
+    """The model the job fine-tuned, as its model-import step resolved it, with its card
+    (None when that version has been deleted since)."""
     state = job.steps.get("model_import", {}).get("state", {})
     name = state.get("model_name")
     version = state.get("model_version")
@@ -229,13 +233,8 @@ def _base_model(ws: Workspace, job: Any) -> dict[str, Any]:
         name, _, version = job.spec.model.partition(":")
     try:
         mv = get_model(ws, name, version=version or None)
-    except ModelNotFound as exc:
-        raise InvalidParameter(
-            f"the base model {name}:{version} of job {job.name!r} is not in the workspace "
-            f"any more ({exc.message}).",
-            fix=f"import it again (chattune model import ... --name {name}), so the "
-            "registered model keeps its card (context length, chat template).",
-        ) from exc
+    except ModelNotFound:
+        return {"name": name, "version": version or None, "card": None}
     return {"name": mv.name, "version": mv.version, "card": mv.card}
 
 
