@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from chattune.errors import ChattuneError, InvalidParameter
-from chattune.serving.chat import ChatPrompter
-from chattune.serving.engine import Engine, SamplingParams, _Detokenizer, sample_next
+from chattune.serving.chat import ChatPrompter, Detokenizer
+from chattune.serving.engine import Engine, SamplingParams, sample_next
 from chattune.serving.loader import load_model, load_tokenizer, resolve_checkpoint
 
 QUESTIONS = [
@@ -188,7 +188,7 @@ def test_stop_strings_and_utf8_deltas(chatty_llama_dir):
     # byte-level tokens of "é" (2 bytes) decode to U+FFFD alone: never emitted half
     tok = engine.tokenizer
     ids = tok("héllo wörld", add_special_tokens=False)["input_ids"]
-    detok = _Detokenizer(tok)
+    detok = Detokenizer(tok)
     deltas = [detok.add(i) for i in ids] + [detok.flush()]
     assert "".join(deltas) == "héllo wörld"
     assert not any("\ufffd" in d for d in deltas)

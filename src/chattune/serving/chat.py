@@ -4,11 +4,15 @@ The prompt is the chat template stored with the model (the one the preprocess st
 with), rendered by the same code (`chattune.train.preprocess.ChatEncoder.render`, with the
 tokenizer's special tokens as template variables) with `add_generation_prompt=True`, and
 tokenized as training tokenized it: without adding special tokens (the template writes them).
+
+On the way out, `Detokenizer` turns tokens into text deltas and `StopMatcher` cuts the text
+at the request's stop strings.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from chattune.errors import InvalidParameter
@@ -95,3 +99,58 @@ def model_context_length(config: Any) -> int:
             return value
     log.warning("the model config names no context length; assuming 2048 tokens")
     return 2048
+
+
+# -- text out ---------------------------------------------------------------------------------
+class Detokenizer:
+    """Incremental detokenization: a delta is emitted only once it no longer ends in a half
+    UTF-8 character (U+FFFD from a byte-level token that a later token completes)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0  # ids[prefix:read] were decoded into the text already emitted
+        self.read = 0
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return after[len(before) :]
+        return ""
+
+    def flush(self) -> str:
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
+        self.prefix = self.read = len(self.ids)
+        return after[len(before) :]
+
+
+class StopMatcher:
+    """Holds back the last `len(longest stop) - 1` characters, so that a stop string split
+    across deltas is never partly emitted."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.keep = max((len(s) for s in self.stops), default=1) - 1
+        self.buf = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """(text to emit now, whether a stop string was hit)."""
+        self.buf += text
+        hits = [i for s in self.stops if (i := self.buf.find(s)) >= 0]
+        if hits:
+            out, self.buf = self.buf[: min(hits)], ""
+            return out, True
+        cut = max(0, len(self.buf) - self.keep)
+        out, self.buf = self.buf[:cut], self.buf[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.buf = self.buf, ""
+        return out

@@ -42,6 +42,12 @@ from typing import Any
 import torch
 
 from chattune.errors import ChattuneError, InvalidParameter
+from chattune.serving.chat import (
+    Detokenizer,
+    StopMatcher,
+    model_context_length,
+    stop_token_ids,
+)
 from chattune.serving.loader import BASE_ADAPTER
 
 log = logging.getLogger("chattune.serving")
@@ -155,61 +161,6 @@ class Handle:
         return "".join(self)
 
 
-# -- text out ---------------------------------------------------------------------------------
-class _Detokenizer:
-    """Incremental detokenization: a delta is emitted only once it no longer ends in a half
-    UTF-8 character (U+FFFD from a byte-level token that a later token completes)."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.prefix = 0  # ids[prefix:read] were decoded into the text already emitted
-        self.read = 0
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-    def add(self, token: int) -> str:
-        self.ids.append(token)
-        before = self._decode(self.ids[self.prefix : self.read])
-        after = self._decode(self.ids[self.prefix :])
-        if len(after) > len(before) and not after.endswith("\ufffd"):
-            self.prefix, self.read = self.read, len(self.ids)
-            return after[len(before) :]
-        return ""
-
-    def flush(self) -> str:
-        before = self._decode(self.ids[self.prefix : self.read])
-        after = self._decode(self.ids[self.prefix :])
-        self.prefix = self.read = len(self.ids)
-        return after[len(before) :]
-
-
-class _StopMatcher:
-    """Holds back the last `len(longest stop) - 1` characters, so that a stop string split
-    across deltas is never partly emitted."""
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = [s for s in stops if s]
-        self.keep = max((len(s) for s in self.stops), default=1) - 1
-        self.buf = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        """(text to emit now, whether a stop string was hit)."""
-        self.buf += text
-        hits = [i for s in self.stops if (i := self.buf.find(s)) >= 0]
-        if hits:
-            out, self.buf = self.buf[: min(hits)], ""
-            return out, True
-        cut = max(0, len(self.buf) - self.keep)
-        out, self.buf = self.buf[:cut], self.buf[cut:]
-        return out, False
-
-    def flush(self) -> str:
-        out, self.buf = self.buf, ""
-        return out
-
-
 # -- sampling ---------------------------------------------------------------------------------
 def sample_next(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> int:
     """The next token from one row's logits (V,): argmax, or temperature + top-p sampling."""
@@ -232,8 +183,8 @@ class _Row:
     prompt: list[int]
     adapter: str
     gen: torch.Generator
-    detok: _Detokenizer
-    stops: _StopMatcher
+    detok: Detokenizer
+    stops: StopMatcher
     next_token: int = -1  # sampled, not yet fed to the model
     cache: Any = None  # its own DynamicCache after prefill, until it joins the batch
 
@@ -284,8 +235,6 @@ class Engine:
         max_batch_size: int = 16,
         context_length: int | None = None,
     ) -> None:
-        from chattune.serving.chat import model_context_length, stop_token_ids
-
         self.model = model
         self.tokenizer = tokenizer
         self.adapters = tuple(adapters)
@@ -347,8 +296,8 @@ class Engine:
             list(prompt_ids),
             name,
             gen,
-            _Detokenizer(self.tokenizer),
-            _StopMatcher(params.stop),
+            Detokenizer(self.tokenizer),
+            StopMatcher(params.stop),
         )
         with self._cv:
             if self._stopping:

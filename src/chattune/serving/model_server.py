@@ -36,17 +36,22 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ValidationError
 
-from chattune.errors import ChattuneError
 from chattune.serving.chat import ChatPrompter
-from chattune.serving.engine import Engine, EngineError, Handle, SamplingParams
+from chattune.serving.engine import Engine, EngineError, Handle
 from chattune.serving.errors import HTTPProblem, install_error_handlers
-from chattune.serving.protocol import ChatCompletionRequest, ChatMessage, ScoreRequest
+from chattune.serving.protocol import (
+    ChatCompletionRequest,
+    ChatMessage,
+    ScoreRequest,
+    max_tokens,
+    parse_body,
+    prompt_ids,
+    sampling_params,
+)
 
 log = logging.getLogger("chattune.serving")
 
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 SCORE_DEFAULT_MAX_NEW_TOKENS = 256
 TIMEOUT_HEADER = "x-chattune-timeout-ms"
 ADAPTER_HEADER = "x-chattune-adapter"
@@ -194,7 +199,7 @@ def create_app(
     @app.post("/score")
     async def score(request: Request) -> JSONResponse:
         engine, prompter = state.ready()
-        body = _parse(ScoreRequest, await request.body())
+        body = parse_body(ScoreRequest, await request.body())
         convs = body.input_data.input_string
         nested = bool(convs) and isinstance(convs[0], list)
         conversations: list[list[ChatMessage]] = convs if nested else [convs]  # type: ignore[list-item]
@@ -207,10 +212,10 @@ def create_app(
         jobs = []
         for i, conv in enumerate(conversations):
             where = f"input_data.input_string[{i}]" if nested else "input_data.input_string"
-            ids = _prompt(prompter, engine, conv, where)
-            n = _max_tokens(engine, ids, max_new, f"input_data.parameters.{field}",
+            ids = prompt_ids(prompter, engine, conv, where)
+            n = max_tokens(engine, ids, max_new, f"input_data.parameters.{field}",
                             default=SCORE_DEFAULT_MAX_NEW_TOKENS)  # fmt: skip
-            params = _sampling(
+            params = sampling_params(
                 engine, p.temperature, p.top_p, n, "input_data.parameters",
                 do_sample=bool(p.do_sample),
             )  # fmt: skip
@@ -222,17 +227,17 @@ def create_app(
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> JSONResponse | StreamingResponse:
         engine, prompter = state.ready()
-        body = _parse(ChatCompletionRequest, await request.body())
+        body = parse_body(ChatCompletionRequest, await request.body())
         if body.n != 1:
             raise HTTPProblem(400, f"n={body.n} is not supported; set n to 1.", param="n")
-        ids = _prompt(prompter, engine, body.messages, "messages")
+        ids = prompt_ids(prompter, engine, body.messages, "messages")
         if body.max_completion_tokens is not None:
-            n = _max_tokens(engine, ids, body.max_completion_tokens, "max_completion_tokens")
+            n = max_tokens(engine, ids, body.max_completion_tokens, "max_completion_tokens")
         else:
-            n = _max_tokens(engine, ids, body.max_tokens, "max_tokens")
+            n = max_tokens(engine, ids, body.max_tokens, "max_tokens")
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         temperature = 1.0 if body.temperature is None else body.temperature
-        params = _sampling(engine, temperature, body.top_p, n, "", do_sample=True,
+        params = sampling_params(engine, temperature, body.top_p, n, "", do_sample=True,
                            seed=body.seed, stop=stop)  # fmt: skip
         adapter = _adapter(request, engine)
         deadline = _deadline(request)
@@ -258,111 +263,6 @@ def _status(status: int, message: str) -> JSONResponse:
     from chattune.serving.errors import envelope
 
     return JSONResponse(envelope(status, message), status_code=status)
-
-
-def _parse(model: type[BaseModel], raw: bytes) -> Any:
-    try:
-        json.loads(raw or b"")
-    except ValueError as exc:
-        raise HTTPProblem(
-            400, f"the body is not valid JSON ({exc}); send a JSON object.", param="body"
-        ) from None
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        parts, param = [], None
-        for err in exc.errors(include_url=False):
-            where = ".".join(str(p) for p in err["loc"]) or "body"
-            param = param or where
-            parts.append(f"`{where}`: {err['msg']}")
-        raise HTTPProblem(
-            400,
-            "invalid request: " + "; ".join(parts[:6]) + ". Send the named fields as "
-            "the API documents them (GET /docs).",
-            param=param,
-        ) from None
-
-
-def _prompt(
-    prompter: ChatPrompter, engine: Engine, messages: list[ChatMessage], field: str
-) -> list[int]:
-    if not messages:
-        raise HTTPProblem(400, f"`{field}` is empty; send at least one message.", param=field)
-    plain = []
-    for i, m in enumerate(messages):
-        role = ROLES.get(m.role)
-        if role is None:
-            raise HTTPProblem(
-                400,
-                f"`{field}[{i}].role` is {m.role!r}; use one of system, user, assistant.",
-                param=f"{field}[{i}].role",
-            )
-        plain.append({"role": role, "content": m.text()})
-    try:
-        ids = prompter.encode(plain)
-    except ChattuneError as exc:
-        raise HTTPProblem(400, str(exc), param=field) from None
-    if len(ids) >= engine.context_length:
-        raise HTTPProblem(
-            400,
-            f"the prompt is {len(ids)} tokens; the model's context is {engine.context_length} "
-            f"tokens, with room for an answer. Shorten `{field}`.",
-            param=field,
-        )
-    return ids
-
-
-def _max_tokens(
-    engine: Engine, ids: list[int], value: int | None, field: str, default: int | None = None
-) -> int:
-    left = engine.context_length - len(ids)
-    if value is None:
-        return min(default, left) if default is not None else left
-    if value < 1:
-        raise HTTPProblem(400, f"`{field}` is {value}; it must be >= 1.", param=field)
-    if value > left:
-        raise HTTPProblem(
-            400,
-            f"`{field}` is {value}, above the {left} tokens the context has left after the "
-            f"prompt ({len(ids)} of {engine.context_length} tokens); set it to at most {left} "
-            "or shorten the messages.",
-            param=field,
-        )
-    return value
-
-
-def _sampling(
-    engine: Engine,
-    temperature: float | None,
-    top_p: float | None,
-    max_new: int,
-    prefix: str,
-    *,
-    do_sample: bool,
-    seed: int | None = None,
-    stop: list[str] | None = None,
-) -> SamplingParams:
-    def name(f: str) -> str:
-        return f"{prefix}.{f}" if prefix else f
-
-    if temperature is not None and temperature < 0:
-        raise HTTPProblem(
-            400, f"`{name('temperature')}` is {temperature}; it must be >= 0 (0 = greedy).",
-            param=name("temperature"),
-        )  # fmt: skip
-    if top_p is not None and not 0 < top_p <= 1:
-        raise HTTPProblem(
-            400, f"`{name('top_p')}` is {top_p}; it must be in (0, 1] (1 = no nucleus cut).",
-            param=name("top_p"),
-        )  # fmt: skip
-    return SamplingParams(
-        max_new_tokens=max_new,
-        do_sample=do_sample,
-        temperature=1.0 if temperature is None else temperature,
-        top_p=1.0 if top_p is None else top_p,
-        seed=seed,
-        stop=tuple(stop or ()),
-    )
 
 
 def _adapter(request: Request, engine: Engine) -> str | None:
