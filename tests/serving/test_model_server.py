@@ -34,7 +34,9 @@ def server(chatty_llama_dir, llama_adapters, tmp_path_factory) -> ServerProc:
     """One server for the module; `seen` records /ready and /health while it loaded."""
     log = tmp_path_factory.mktemp("ms") / "server.log"
     flags = [f"--adapter={n}={p}" for n, p in llama_adapters.items()]
-    srv = start_model_server(chatty_llama_dir, log, *flags, "--max-batch-size", "16")
+    srv = start_model_server(
+        chatty_llama_dir, log, *flags, "--max-batch-size", "16", "--torch-threads", "1"
+    )
     try:
         srv.seen = []  # type: ignore[attr-defined]
         deadline = time.monotonic() + 120

@@ -2,6 +2,7 @@
 
     python -m chattune.serving.model_server --model-dir PATH [--adapter NAME=PATH ...]
         --host 127.0.0.1 --port P --served-name NAME [--max-batch-size 16] [--parent-pid PID]
+        [--torch-threads N]
 
 It listens at once and loads the model on a thread: `GET /health` is 200 while the process
 and the engine thread live (503 once the engine thread died), `GET /ready` is 503 until the
@@ -418,7 +419,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--served-name", required=True, help="model name in OpenAI answers")
     ap.add_argument("--max-batch-size", type=int, default=16)
     ap.add_argument("--parent-pid", type=int, help="exit when this process is gone")
+    ap.add_argument("--torch-threads", type=int, help="CPU threads per op (default: torch's); "
+                    "instances sharing a CPU should split its cores")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.torch_threads:
+        # measured on 2 busy cores: a 16-row step of the tiny model took 99 ms with 2 threads
+        # fighting other processes, 2.6 ms with 1
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
