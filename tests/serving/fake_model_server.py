@@ -5,6 +5,7 @@ Its behaviour comes from `<model-dir>/fake.json`:
     {"load_s": 0.3}            /ready answers 503 for that long, then 200
     {"crash": "ValueError: x"} prints a traceback ending in that line and exits 1 at start
     {"score_s": 0.5}           every POST waits that long before answering
+    {"listen_s": 5}            waits that long before it listens (a slow import)
 `POST /score` answers `{"output": "<served-name> on <port>"}`.
 """
 
@@ -36,6 +37,7 @@ def main() -> int:
         print('Traceback (most recent call last):\n  File "x.py", line 1', flush=True)
         print(behaviour["crash"], flush=True)
         return 1
+    time.sleep(float(behaviour.get("listen_s", 0.0)))
     loaded_at = time.monotonic() + float(behaviour.get("load_s", 0.0))
     name = args.served_name
 

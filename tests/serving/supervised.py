@@ -26,10 +26,15 @@ FAST_PROBE = {
     "failure_threshold": 3,
 }
 FAST = {"liveness_probe": FAST_PROBE, "readiness_probe": FAST_PROBE}
-FAST_FLAGS = [
+# The real model server needs seconds to import torch before it listens: liveness waits.
+REAL_PROBES = {
+    "liveness": {**FAST_PROBE, "initial_delay": 15, "period": 1, "timeout": 2},
+    "readiness": {**FAST_PROBE, "timeout": 2},
+}
+REAL_FLAGS = [
     f"--{kind}-{key.replace('_', '-')}={value}"
-    for kind in ("liveness", "readiness")
-    for key, value in FAST_PROBE.items()
+    for kind, probe in REAL_PROBES.items()
+    for key, value in probe.items()
 ]
 
 
@@ -50,8 +55,12 @@ def processes_under(marker: str) -> list[int]:
 
 
 def kill_all(marker: str) -> None:
+    """SIGKILL every process naming `marker`, and the process group of each supervisor
+    among them (its instances)."""
     for pid in processes_under(marker):
         with contextlib.suppress(ProcessLookupError):
+            if os.getpgid(pid) == pid:  # a session leader: a supervisor and its children
+                os.killpg(pid, signal.SIGKILL)
             os.kill(pid, signal.SIGKILL)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from chattune.errors import DeploymentNotFound, EndpointError, EndpointNotFound
+from chattune.serving import deployments as D
 from chattune.serving import endpoints as E
 
 
@@ -64,7 +65,7 @@ def test_traffic_reports_every_problem_at_once() -> None:
 
 
 def test_settings_defaults_are_azures() -> None:
-    s = E.DeploymentSettings()
+    s = D.DeploymentSettings()
     assert (s.request_timeout_ms, s.max_concurrent_requests_per_instance) == (5000, 1)
     p = s.liveness_probe
     assert (p.initial_delay, p.period, p.timeout, p.success_threshold, p.failure_threshold) == (
@@ -79,7 +80,7 @@ def test_settings_defaults_are_azures() -> None:
 
 def test_settings_errors_name_the_flags() -> None:
     with pytest.raises(EndpointError) as exc:
-        E.validate_settings(
+        D.validate_settings(
             {"request_timeout_ms": 180_001, "liveness_probe": {"period": 0, "failure_threshold": 0}}
         )
     msg = exc.value.message
@@ -92,8 +93,8 @@ def _ep(ws, name: str = "ep-one") -> E.Endpoint:
 
 
 def _dep(ws, name: str, endpoint: str = "ep-one") -> float:
-    _, stamp = E.create_deployment(
-        ws, endpoint, name, model_name="m", model_version="1", settings=E.DeploymentSettings()
+    _, stamp = D.create_deployment(
+        ws, endpoint, name, model_name="m", model_version="1", settings=D.DeploymentSettings()
     )
     return stamp
 
@@ -143,33 +144,33 @@ def test_new_deployment_gets_no_traffic_and_delete_needs_zero(workspace) -> None
         _dep(workspace, "blue")
     E.update_traffic(workspace, "ep-one", {"blue": 100}, {"green": 10})
     with pytest.raises(EndpointError) as exc:
-        E.delete_deployment(workspace, "ep-one", "blue")
+        D.delete_deployment(workspace, "ep-one", "blue")
     assert "set its traffic to 0 first" in exc.value.fix
-    E.delete_deployment(workspace, "ep-one", "green")  # drops its mirror share too
+    D.delete_deployment(workspace, "ep-one", "green")  # drops its mirror share too
     assert E.get_endpoint(workspace, "ep-one").mirror_traffic == {}
     with pytest.raises(DeploymentNotFound) as exc2:
-        E.get_deployment(workspace, "ep-one", "green")
+        D.get_deployment(workspace, "ep-one", "green")
     assert "blue" in exc2.value.fix
 
 
 def test_update_deployment_bumps_generation(workspace) -> None:
     _ep(workspace)
     _dep(workspace, "blue")
-    s = E.validate_settings({"request_timeout_ms": 9000})
-    E.update_deployment(workspace, "ep-one", "blue", instance_count=3, settings=s)
-    d = E.get_deployment(workspace, "ep-one", "blue")
+    s = D.validate_settings({"request_timeout_ms": 9000})
+    D.update_deployment(workspace, "ep-one", "blue", instance_count=3, settings=s)
+    d = D.get_deployment(workspace, "ep-one", "blue")
     assert (d.instance_count, d.generation, d.settings.request_timeout_ms) == (3, 2, 9000)
     with pytest.raises(EndpointError, match="below 1"):
-        E.update_deployment(workspace, "ep-one", "blue", instance_count=0)
+        D.update_deployment(workspace, "ep-one", "blue", instance_count=0)
 
 
 def test_delete_endpoint_rows(workspace) -> None:
     _ep(workspace)
     _dep(workspace, "blue")
-    E.replace_instances(
-        workspace, "ep-one", [E.Instance("ep-one", "blue", 0, 1, 2, "ready", 0, None, 0.0)]
+    D.replace_instances(
+        workspace, "ep-one", [D.Instance("ep-one", "blue", 0, 1, 2, "ready", 0, None, 0.0)]
     )
-    assert [i.state for i in E.get_deployment(workspace, "ep-one", "blue").instances] == ["ready"]
+    assert [i.state for i in D.get_deployment(workspace, "ep-one", "blue").instances] == ["ready"]
     E.delete_endpoint_rows(workspace, "ep-one")
     assert E.list_endpoints(workspace) == []
     assert workspace.db().execute("SELECT COUNT(*) FROM instances").fetchone()[0] == 0

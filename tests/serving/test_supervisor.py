@@ -14,6 +14,7 @@ import pytest
 
 from chattune.errors import DeploymentFailed
 from chattune.serving import control
+from chattune.serving import deployments as D
 from chattune.serving import endpoints as E
 from chattune.serving.instances import port_free
 from tests.serving.supervised import FAST, fake_model, processes_under, serving_ws, wait_for
@@ -22,15 +23,15 @@ __all__ = ["fake_model", "serving_ws"]  # fixtures
 pytestmark = pytest.mark.integration
 
 
-def deploy(ws, endpoint: str, name: str, model: str, count: int = 1, **settings) -> E.Deployment:
+def deploy(ws, endpoint: str, name: str, model: str, count: int = 1, **settings) -> D.Deployment:
     model_name, version = model.split(":")
-    _, stamp = E.create_deployment(
+    _, stamp = D.create_deployment(
         ws,
         endpoint,
         name,
         model_name=model_name,
         model_version=version,
-        settings=E.validate_settings({**FAST, **settings}),
+        settings=D.validate_settings({**FAST, **settings}),
         instance_count=count,
     )
     assert control.apply(ws, endpoint, stamp)
@@ -112,13 +113,13 @@ def test_killed_instance_fails_only_its_requests_and_comes_back(serving_ws, fake
     assert {r.status_code for r in failed} == {424}
     assert all(score(ep).status_code == 200 for _ in range(4))  # the survivor serves
 
-    def back() -> E.Instance | None:
-        inst = E.get_deployment(ws, "kill-ep", "blue").instances[0]
+    def back() -> D.Instance | None:
+        inst = D.get_deployment(ws, "kill-ep", "blue").instances[0]
         return inst if inst.state == "ready" and inst.pid != victim.pid else None
 
     inst = wait_for(back, what="the killed instance to be ready again")
     assert inst.restarts == 1 and "exited with code -9" in inst.error
-    assert E.get_deployment(ws, "kill-ep", "blue").state == "ready"
+    assert D.get_deployment(ws, "kill-ep", "blue").state == "ready"
 
 
 def test_liveness_failure_restarts_a_hung_instance(serving_ws, fake_model) -> None:
@@ -129,8 +130,8 @@ def test_liveness_failure_restarts_a_hung_instance(serving_ws, fake_model) -> No
     os.kill(hung.pid, signal.SIGSTOP)  # alive, but answers nothing
     t0 = time.monotonic()
 
-    def restarted() -> E.Instance | None:
-        inst = E.get_deployment(ws, "hung-ep", "blue").instances[0]
+    def restarted() -> D.Instance | None:
+        inst = D.get_deployment(ws, "hung-ep", "blue").instances[0]
         return inst if inst.pid != hung.pid and inst.state == "ready" else None
 
     inst = wait_for(restarted, what="a restart after failed liveness probes")
@@ -147,8 +148,8 @@ def test_crash_at_start_ends_failed_with_the_logs_reason(serving_ws, fake_model)
     with pytest.raises(DeploymentFailed) as exc:
         deploy(ws, "crash-ep", "bad", model)
     assert "ValueError: config.json has no model_type" in exc.value.message
-    assert "exited 3 times before getting ready" in exc.value.message
-    dep = E.get_deployment(ws, "crash-ep", "bad")
+    assert "died 3 times before getting ready" in exc.value.message
+    dep = D.get_deployment(ws, "crash-ep", "bad")
     assert dep.state == "failed" and [i.state for i in dep.instances] == ["failed"]
     assert dep.instances[0].restarts == 2  # 3 starts, then no more
     log = E.endpoint_dir(ws, "crash-ep") / "bad" / "instance-0.log"
@@ -157,6 +158,17 @@ def test_crash_at_start_ends_failed_with_the_logs_reason(serving_ws, fake_model)
     send_traffic(ws, "crash-ep", {"bad": 100})
     r = score(ep)
     assert r.status_code == 424 and "config.json has no model_type" in r.text
+
+
+def test_liveness_failing_before_ready_ends_failed_not_in_a_loop(serving_ws, fake_model) -> None:
+    ws = serving_ws
+    control.start_endpoint(ws, "slow-ep")
+    with pytest.raises(DeploymentFailed) as exc:
+        deploy(ws, "slow-ep", "blue", fake_model(listen_s=30))
+    assert "died 3 times before getting ready" in exc.value.message
+    assert "raise --liveness-initial-delay" in exc.value.message
+    dep = D.get_deployment(ws, "slow-ep", "blue")
+    assert dep.instances[0].restarts == 2 and dep.instances[0].pid is None
 
 
 def test_up_restores_endpoints_after_every_process_died(
@@ -181,7 +193,7 @@ def test_up_restores_endpoints_after_every_process_died(
         ep.secondary_key,
     )
     assert again.traffic == {"blue": 100} and again.state == "running"
-    dep = E.get_deployment(ws, "up-ep", "blue")
+    dep = D.get_deployment(ws, "up-ep", "blue")
     assert dep.state == "ready" and [i.state for i in dep.instances] == ["ready", "ready"]
     assert score(again).status_code == 200
     assert control.bring_up(ws) == []  # already running: nothing to do

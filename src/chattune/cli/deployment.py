@@ -19,17 +19,17 @@ from chattune.cli.endpoint import applied_note
 from chattune.errors import EndpointError
 from chattune.models.store import get_model
 from chattune.serving import control
-from chattune.serving.endpoints import (
+from chattune.serving.deployments import (
     Deployment,
     DeploymentSettings,
     create_deployment,
     delete_deployment,
-    endpoint_dir,
     get_deployment,
     list_deployments,
     update_deployment,
     validate_settings,
 )
+from chattune.serving.endpoints import endpoint_dir
 from chattune.workspace import Workspace
 
 app = typer.Typer(no_args_is_help=True)

@@ -23,10 +23,10 @@ from chattune.cli.common import (
 )
 from chattune.errors import EndpointError
 from chattune.serving import control
+from chattune.serving.deployments import list_deployments
 from chattune.serving.endpoints import (
     Endpoint,
     get_endpoint,
-    list_deployments,
     list_endpoints,
     parse_weights,
     regenerate_key,

@@ -8,7 +8,7 @@ import typer
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
 from chattune import __version__
-from chattune.cli import compute, data, job, model
+from chattune.cli import compute, data, deployment, endpoint, job, model
 from chattune.cli.common import WorkspaceOpt, err_console, open_workspace
 from chattune.errors import ChattuneError
 
@@ -22,12 +22,33 @@ app.add_typer(model.app, name="model", help="Model catalog, import and versions.
 app.add_typer(compute.app, name="compute", help="Computes of the workspace and memory fit.")
 app.add_typer(data.app, name="data", help="Download, validate and inspect chat datasets.")
 app.add_typer(job.app, name="job", help="Fine-tuning jobs: create, stream, cancel, resume.")
+app.add_typer(endpoint.app, name="endpoint", help="Online endpoints: keys, traffic, invoke.")
+app.add_typer(deployment.app, name="deployment", help="Deployments of an online endpoint.")
 
 
 @app.command()
 def version() -> None:
     """Print chattune's version."""
     print(__version__)
+
+
+@app.command()
+def up(
+    workspace: WorkspaceOpt = None,
+    timeout: float = typer.Option(900.0, help="Seconds to wait for each deployment."),
+) -> None:
+    """Bring back every stopped endpoint (e.g. after a restart): same port, keys, deployments
+    and traffic. Waits until each is ready."""
+    from chattune.serving.control import bring_up
+    from chattune.serving.deployments import list_deployments
+
+    ws = open_workspace(workspace)
+    started = bring_up(ws, timeout)
+    for ep in started:
+        states = ", ".join(f"{d.name} {d.state}" for d in list_deployments(ws, ep.name))
+        print(f"endpoint {ep.name} up on {ep.scoring_uri} ({states or 'no deployments'})")
+    if not started:
+        print("every endpoint is already running")
 
 
 @app.command()

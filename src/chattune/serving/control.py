@@ -22,17 +22,19 @@ import httpx
 
 from chattune.errors import DeploymentFailed, EndpointError
 from chattune.jobs.store import pid_alive
-from chattune.serving.endpoints import (
+from chattune.serving.deployments import (
     Deployment,
+    get_deployment,
+    list_deployments,
+    list_instances,
+)
+from chattune.serving.endpoints import (
     Endpoint,
     create_endpoint,
     delete_endpoint_rows,
     endpoint_dir,
-    get_deployment,
     get_endpoint,
-    list_deployments,
     list_endpoints,
-    list_instances,
     set_endpoint_fields,
 )
 from chattune.serving.instances import free_port, port_free

@@ -1,10 +1,10 @@
-"""Online endpoints and their deployments as rows of the workspace database.
+"""Online endpoints as rows of the workspace database, and their rules (names, traffic,
+mirror traffic, keys). Deployments and instances are in `serving/deployments.py`.
 
-This module owns the records and their rules (names, traffic, mirror traffic, keys,
-deployment settings with Azure's defaults); the supervisor (`serving/supervisor.py`) makes the
-processes follow them. Every change to an endpoint or one of its deployments bumps the
-endpoint's `updated_at` stamp (strictly increasing): the supervisor writes back the stamp it
-has applied, which is how the CLI knows a change is live.
+The supervisor (`serving/supervisor.py`) makes the processes follow these rows. Every change
+to an endpoint or one of its deployments bumps the endpoint's `updated_at` stamp (strictly
+increasing): the supervisor writes back the stamp it has applied, which is how the CLI knows
+a change is live.
 """
 
 from __future__ import annotations
@@ -14,14 +14,11 @@ import re
 import secrets
 import sqlite3
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from chattune.errors import DeploymentNotFound, EndpointError, EndpointNotFound
-from chattune.serving.gateway_config import AZURE_REQUEST_TIMEOUT_MS, MAX_REQUEST_TIMEOUT_MS
+from chattune.errors import EndpointError, EndpointNotFound
 from chattune.workspace import Workspace
 
 NAME_RE = re.compile(r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
@@ -32,32 +29,6 @@ NAME_RULE = (
 AUTH_MODES = ("key",)
 MAX_MIRROR_PERCENT = 50  # Azure: mirror traffic sums to 50 at most
 KeyType = Literal["primary", "secondary"]
-
-
-class ProbeSettings(BaseModel):
-    """Azure's `ProbeSettings` with its defaults (seconds and counts)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    initial_delay: float = Field(10.0, ge=0)  # s after start before the first probe
-    period: float = Field(10.0, gt=0)  # s between probes
-    timeout: float = Field(2.0, gt=0)  # s a probe may take
-    success_threshold: int = Field(1, ge=1)  # consecutive successes to count as healthy
-    failure_threshold: int = Field(30, ge=1)  # consecutive failures to count as failed
-
-
-class DeploymentSettings(BaseModel):
-    """Request settings, probes and the LoRA sharing of a deployment (`deployments.settings`)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    request_timeout_ms: int = Field(AZURE_REQUEST_TIMEOUT_MS, ge=1, le=MAX_REQUEST_TIMEOUT_MS)
-    max_concurrent_requests_per_instance: int = Field(1, ge=1)
-    liveness_probe: ProbeSettings = Field(default_factory=ProbeSettings)
-    readiness_probe: ProbeSettings = Field(default_factory=ProbeSettings)
-    lora_only: bool = False
-    base_id: str | None = None  # hash of the base weights (LoRA-only: the sharing key)
-    group: str | None = None  # the process group serving it: its own name, or lora-<base>
 
 
 @dataclass
@@ -95,55 +66,6 @@ class Endpoint:
             d.pop("secondary_key")
         d["scoring_uri"] = self.scoring_uri
         d["openapi_uri"] = self.openapi_uri
-        return d
-
-
-@dataclass
-class Instance:
-    """One model-server process of a deployment, as the supervisor last recorded it."""
-
-    endpoint: str
-    deployment: str
-    idx: int
-    pid: int | None
-    port: int | None
-    state: str
-    restarts: int
-    error: str | None
-    updated_at: float
-
-
-@dataclass
-class Deployment:
-    """One deployment row, with its settings parsed."""
-
-    endpoint: str
-    name: str
-    model_name: str
-    model_version: str
-    instance_type: str
-    instance_count: int
-    settings: DeploymentSettings
-    state: str
-    error: str | None
-    generation: int
-    created_at: float
-    updated_at: float
-    instances: list[Instance] = field(default_factory=list)
-
-    @property
-    def model(self) -> str:
-        return f"{self.model_name}:{self.model_version}"
-
-    @property
-    def group(self) -> str:
-        """The name of the process group (and log folder) that serves this deployment."""
-        return self.settings.group or self.name
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["settings"] = self.settings.model_dump()
-        d["model"] = self.model
         return d
 
 
@@ -232,28 +154,6 @@ def validate_traffic(
         )
 
 
-def validate_settings(values: dict[str, Any]) -> DeploymentSettings:
-    """Build `DeploymentSettings`, reporting every bad field at once by its CLI flag.
-
-    Raises:
-        EndpointError: one or more fields are out of range.
-    """
-    try:
-        return DeploymentSettings.model_validate(values)
-    except ValidationError as exc:
-        parts = []
-        for err in exc.errors():
-            flag = "--" + "-".join(str(p) for p in err["loc"]).replace("_probe", "").replace(
-                "_", "-"
-            )
-            parts.append(f"{flag}: {err['msg']}")
-        raise EndpointError(
-            "deployment settings refused: " + "; ".join(parts) + ".",
-            fix=f"request_timeout_ms is 1..{MAX_REQUEST_TIMEOUT_MS}; counts and periods are "
-            "positive.",
-        ) from exc
-
-
 # -- endpoints ------------------------------------------------------------------------------
 def endpoint_dir(ws: Workspace, name: str) -> Path:
     """`ws/endpoints/<name>`: the supervisor's log and status, the instances' logs."""
@@ -267,13 +167,7 @@ def _endpoint(row: sqlite3.Row) -> Endpoint:
     return Endpoint(**d)
 
 
-def _deployment(row: sqlite3.Row) -> Deployment:
-    d = dict(row)
-    d["settings"] = DeploymentSettings.model_validate_json(d["settings"])
-    return Deployment(**d)
-
-
-def _touch(conn: sqlite3.Connection, name: str, **columns: Any) -> float:
+def touch(conn: sqlite3.Connection, name: str, **columns: Any) -> float:
     """Set `columns` on endpoint `name` and bump its `updated_at`; return the new stamp.
 
     The stamp is strictly increasing even if the clock steps back, so "the supervisor has
@@ -370,7 +264,7 @@ def set_endpoint_fields(ws: Workspace, name: str, *, bump: bool = True, **column
             columns[k] = json.dumps(columns[k])
     with ws.write() as conn:
         if bump:
-            return _touch(conn, name, **columns)
+            return touch(conn, name, **columns)
         sets = ", ".join(f"{k} = ?" for k in columns)
         conn.execute(f"UPDATE endpoints SET {sets} WHERE name = ?", (*columns.values(), name))
         row = conn.execute("SELECT updated_at FROM endpoints WHERE name = ?", (name,)).fetchone()
@@ -392,8 +286,12 @@ def update_traffic(
         ep = get_endpoint(ws, name)
         traffic = ep.traffic if traffic is None else traffic
         mirror_traffic = ep.mirror_traffic if mirror_traffic is None else mirror_traffic
-        validate_traffic(traffic, mirror_traffic, [d.name for d in list_deployments(ws, name)])
-        return _touch(
+        names = [
+            r["name"]
+            for r in conn.execute("SELECT name FROM deployments WHERE endpoint = ?", (name,))
+        ]
+        validate_traffic(traffic, mirror_traffic, names)
+        return touch(
             conn,
             name,
             traffic=json.dumps({k: v for k, v in traffic.items()}),
@@ -413,7 +311,7 @@ def regenerate_key(ws: Workspace, name: str, key_type: str) -> float:
         )
     get_endpoint(ws, name)
     with ws.write() as conn:
-        return _touch(conn, name, **{f"{key_type}_key": secrets.token_urlsafe(32)})
+        return touch(conn, name, **{f"{key_type}_key": secrets.token_urlsafe(32)})
 
 
 def delete_endpoint_rows(ws: Workspace, name: str) -> None:
@@ -423,198 +321,3 @@ def delete_endpoint_rows(ws: Workspace, name: str) -> None:
         conn.execute("DELETE FROM instances WHERE endpoint = ?", (name,))
         conn.execute("DELETE FROM deployments WHERE endpoint = ?", (name,))
         conn.execute("DELETE FROM endpoints WHERE name = ?", (name,))
-
-
-# -- deployments ---------------------------------------------------------------------------
-def create_deployment(
-    ws: Workspace,
-    endpoint: str,
-    name: str,
-    *,
-    model_name: str,
-    model_version: str,
-    settings: DeploymentSettings,
-    instance_count: int = 1,
-    instance_type: str = "local",
-) -> tuple[Deployment, float]:
-    """Record a new deployment of `endpoint` (0% traffic, state creating).
-
-    Returns:
-        the deployment and the endpoint's new stamp.
-
-    Raises:
-        EndpointNotFound, EndpointError: unknown endpoint, bad name or count, name taken.
-    """
-    validate_name(name, "deployment")
-    if instance_count < 1:
-        raise EndpointError(
-            f"--instance-count {instance_count} is below 1.", fix="pass 1 or more instances."
-        )
-    get_endpoint(ws, endpoint)
-    now = time.time()
-    with ws.write() as conn:
-        taken = conn.execute(
-            "SELECT 1 FROM deployments WHERE endpoint = ? AND name = ?", (endpoint, name)
-        ).fetchone()
-        if taken:
-            raise EndpointError(
-                f"endpoint {endpoint!r} already has a deployment {name!r}.",
-                fix="pick another --name, or change it with `chattune deployment update`.",
-            )
-        conn.execute(
-            "INSERT INTO deployments(endpoint, name, model_name, model_version, instance_type,"
-            " instance_count, settings, state, created_at, updated_at)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (
-                endpoint,
-                name,
-                model_name,
-                model_version,
-                instance_type,
-                instance_count,
-                settings.model_dump_json(),
-                "creating",
-                now,
-                now,
-            ),
-        )
-        stamp = _touch(conn, endpoint)
-    return get_deployment(ws, endpoint, name), stamp
-
-
-def get_deployment(ws: Workspace, endpoint: str, name: str) -> Deployment:
-    """Deployment `name` of `endpoint`, with its instances.
-
-    Raises:
-        EndpointNotFound, DeploymentNotFound: the message lists what exists.
-    """
-    get_endpoint(ws, endpoint)
-    row = (
-        ws.db()
-        .execute("SELECT * FROM deployments WHERE endpoint = ? AND name = ?", (endpoint, name))
-        .fetchone()
-    )
-    if row is None:
-        known = [d.name for d in list_deployments(ws, endpoint)]
-        raise DeploymentNotFound(
-            f"endpoint {endpoint!r} has no deployment {name!r}.",
-            fix=f"its deployments: {', '.join(known)}."
-            if known
-            else "create one: chattune deployment create --endpoint "
-            f"{endpoint} --name {name} --model NAME:VERSION",
-        )
-    dep = _deployment(row)
-    dep.instances = list_instances(ws, endpoint, name)
-    return dep
-
-
-def list_deployments(ws: Workspace, endpoint: str) -> list[Deployment]:
-    """The deployments of `endpoint`, oldest first, with their instances."""
-    rows = ws.db().execute(
-        "SELECT * FROM deployments WHERE endpoint = ? ORDER BY created_at", (endpoint,)
-    )
-    deps = [_deployment(r) for r in rows]
-    for d in deps:
-        d.instances = list_instances(ws, endpoint, d.name)
-    return deps
-
-
-def update_deployment(
-    ws: Workspace,
-    endpoint: str,
-    name: str,
-    *,
-    instance_count: int | None = None,
-    settings: DeploymentSettings | None = None,
-) -> float:
-    """Change a deployment's instance count and/or settings; bumps its generation so the
-    supervisor replaces its instances. Returns the endpoint's new stamp."""
-    dep = get_deployment(ws, endpoint, name)
-    if instance_count is not None and instance_count < 1:
-        raise EndpointError(
-            f"--instance-count {instance_count} is below 1.", fix="pass 1 or more instances."
-        )
-    with ws.write() as conn:
-        conn.execute(
-            "UPDATE deployments SET instance_count = ?, settings = ?, generation = ?,"
-            " state = 'creating', error = NULL, updated_at = ? WHERE endpoint = ? AND name = ?",
-            (
-                instance_count or dep.instance_count,
-                (settings or dep.settings).model_dump_json(),
-                dep.generation + 1,
-                time.time(),
-                endpoint,
-                name,
-            ),
-        )
-        return _touch(conn, endpoint)
-
-
-def delete_deployment(ws: Workspace, endpoint: str, name: str) -> float:
-    """Remove deployment `name` (refused while it takes live traffic, as in Azure); mirror
-    traffic to it is dropped. Returns the endpoint's new stamp."""
-    get_deployment(ws, endpoint, name)
-    with ws.write() as conn:
-        ep = get_endpoint(ws, endpoint)
-        if ep.traffic.get(name, 0) > 0:
-            raise EndpointError(
-                f"deployment {name!r} takes {ep.traffic[name]}% of the live traffic of "
-                f"{endpoint!r}.",
-                fix=f"set its traffic to 0 first: chattune endpoint update {endpoint} "
-                "--traffic ... (weights of the other deployments summing to 100, or all 0).",
-            )
-        conn.execute("DELETE FROM deployments WHERE endpoint = ? AND name = ?", (endpoint, name))
-        conn.execute(
-            "DELETE FROM instances WHERE endpoint = ? AND deployment = ?", (endpoint, name)
-        )
-        traffic = {k: v for k, v in ep.traffic.items() if k != name}
-        mirror = {k: v for k, v in ep.mirror_traffic.items() if k != name}
-        return _touch(
-            conn, endpoint, traffic=json.dumps(traffic), mirror_traffic=json.dumps(mirror)
-        )
-
-
-def set_deployment_state(
-    ws: Workspace, endpoint: str, name: str, state: str, error: str | None = None
-) -> None:
-    """Record what the supervisor sees of a deployment (creating | ready | failed)."""
-    with ws.write() as conn:
-        conn.execute(
-            "UPDATE deployments SET state = ?, error = ?, updated_at = ?"
-            " WHERE endpoint = ? AND name = ?",
-            (state, error, time.time(), endpoint, name),
-        )
-
-
-# -- instances -------------------------------------------------------------------------------
-def list_instances(ws: Workspace, endpoint: str, deployment: str | None = None) -> list[Instance]:
-    """Instance rows of an endpoint (or one deployment), by deployment and index."""
-    query, args = "SELECT * FROM instances WHERE endpoint = ?", [endpoint]
-    if deployment is not None:
-        query, args = query + " AND deployment = ?", [endpoint, deployment]
-    rows = ws.db().execute(query + " ORDER BY deployment, idx", args)
-    return [Instance(**dict(r)) for r in rows]
-
-
-def replace_instances(ws: Workspace, endpoint: str, instances: list[Instance]) -> None:
-    """Make the instance rows of `endpoint` exactly `instances` (the supervisor's view)."""
-    with ws.write() as conn:
-        conn.execute("DELETE FROM instances WHERE endpoint = ?", (endpoint,))
-        conn.executemany(
-            "INSERT INTO instances(endpoint, deployment, idx, pid, port, state, restarts,"
-            " error, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
-            [
-                (
-                    i.endpoint,
-                    i.deployment,
-                    i.idx,
-                    i.pid,
-                    i.port,
-                    i.state,
-                    i.restarts,
-                    i.error,
-                    i.updated_at,
-                )
-                for i in instances
-            ],
-        )

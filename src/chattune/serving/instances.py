@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from chattune.serving.endpoints import ProbeSettings
+from chattune.serving.deployments import ProbeSettings
 
 # The module run for each instance; `CHATTUNE_MODEL_SERVER` swaps in another server that
 # speaks the same command line and health routes (e.g. one backed by another engine).

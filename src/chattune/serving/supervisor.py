@@ -29,18 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from chattune.errors import ChattuneError
-from chattune.serving.endpoints import (
+from chattune.serving.deployments import (
     Deployment,
-    Endpoint,
     Instance,
     ProbeSettings,
-    endpoint_dir,
-    get_endpoint,
     list_deployments,
     replace_instances,
     set_deployment_state,
-    set_endpoint_fields,
 )
+from chattune.serving.endpoints import Endpoint, endpoint_dir, get_endpoint, set_endpoint_fields
 from chattune.serving.gateway_config import DeploymentTarget, GatewayConfig, key_digest
 from chattune.serving.instances import GroupSpec, Prober, Slot, failure_reason
 from chattune.workspace import Workspace
@@ -272,7 +269,7 @@ class Supervisor:
     def _watch(self) -> None:
         """Check exits and probes of every slot; restart what died; publish on change."""
         changed = False
-        for (gname, idx), slot in self.slots.items():
+        for (gname, _), slot in self.slots.items():
             group = self.groups.get(gname)
             if group is None or slot.proc is None:
                 continue
@@ -284,34 +281,56 @@ class Supervisor:
             if self.prober.tick(slot, group.liveness, group.readiness):
                 changed = True
                 if slot.live_fail >= group.liveness.failure_threshold:
-                    _say(
-                        f"{gname} instance {idx}: liveness failed {slot.live_fail} times; "
-                        "restarting"
-                    )
-                    slot.kill()
-                    slot.restarts += 1
-                    slot.start(group.spec, group.liveness, group.readiness)
-                    slot.error = f"liveness probe failed {group.liveness.failure_threshold} times"
+                    self._on_liveness_failure(group, slot)
         if changed:
             self._publish(self.applied)
+
+    def _on_liveness_failure(self, group: Group, slot: Slot) -> None:
+        """Liveness failed `failure_threshold` times in a row: kill and restart (Azure)."""
+        n = group.liveness.failure_threshold
+        _say(f"{group.name} instance {slot.idx}: liveness failed {n} times; restarting")
+        slot.kill()
+        if not slot.ever_ready:
+            # never got ready: the probes may start too early for this model to load
+            self._restart_or_fail(
+                group,
+                slot,
+                f"liveness probe failed {n} times",
+                f"its liveness probe failed {n} times each time (does the model load in "
+                f"time? raise --liveness-initial-delay, now {group.liveness.initial_delay} s)",
+            )
+            return
+        slot.restarts += 1
+        slot.start(group.spec, group.liveness, group.readiness)
+        slot.error = f"liveness probe failed {n} times"
 
     def _on_exit(self, group: Group, slot: Slot, code: int) -> None:
         reason = failure_reason(slot.log)
         slot.proc, slot.ready = None, False
-        if not slot.ever_ready:
-            slot.start_crashes += 1
         _say(f"{group.name} instance {slot.idx} exited with code {code}: {reason}")
+        if slot.ever_ready:
+            slot.restarts += 1
+            slot.start(group.spec, group.liveness, group.readiness)
+            slot.error = f"exited with code {code}: {reason}"
+            return
+        self._restart_or_fail(
+            group, slot, f"exited with code {code}: {reason}", f"last error: {reason}"
+        )
+
+    def _restart_or_fail(self, group: Group, slot: Slot, error: str, why: str) -> None:
+        """An instance died before it was ever ready: restart it, unless that happened
+        `MAX_START_CRASHES` times in a row; then the deployment failed (no endless loop)."""
+        slot.start_crashes += 1
         if slot.start_crashes >= MAX_START_CRASHES:
             group.failed = (
-                f"instance {slot.idx} exited {slot.start_crashes} times before getting ready; "
-                f"last error: {reason}"
+                f"instance {slot.idx} died {slot.start_crashes} times before getting ready; {why}"
             )
-            slot.error = reason
+            slot.error = error
             _say(f"{group.name} failed: {group.failed}")
             return
         slot.restarts += 1
         slot.start(group.spec, group.liveness, group.readiness)
-        slot.error = f"exited with code {code}: {reason}"
+        slot.error = error
 
     # -- publish -------------------------------------------------------------------------------
     def _deployment_state(self, group: Group) -> tuple[str, str | None]:
