@@ -15,7 +15,7 @@ from chattune.models.store import add_version
 from chattune.serving import deployments as D
 from chattune.serving import endpoints as E
 from chattune.serving.instances import port_free
-from tests.serving.supervised import REAL_FLAGS, kill_all, processes_under
+from tests.serving.supervised import REAL_FLAGS, kill_all, processes_under, wait_for
 
 SEED_REQUEST = {
     "input_data": {
@@ -185,6 +185,18 @@ def test_create_deploy_invoke_delete(workspace, capsys, tiny_llama_dir, tmp_path
         assert dep["settings"]["request_timeout_ms"] == 60000
         assert dep["settings"]["liveness_probe"]["initial_delay"] == 15
         instance_port = dep["instances"][0]["port"]
+
+        # a machine restart: every process dies; `chattune up` brings the endpoint back
+        kill_all(str(tmp_path))
+        wait_for(lambda: processes_under(str(tmp_path)) == [], what="every process gone")
+        code, out, err = run(capsys, ws, "up")
+        assert code == 0, err
+        assert f"endpoint demo-ep up on http://127.0.0.1:{port}/score (demo ready)" in out
+        code, out, err = run(
+            capsys, ws, "endpoint", "invoke", "demo-ep", "--request-file", str(request)
+        )
+        assert code == 0, err
+        instance_port = D.get_deployment(ws, "demo-ep", "demo").instances[0].port
 
         code, _, err = run(capsys, ws, "endpoint", "delete", "demo-ep")
         assert code == 0, err

@@ -30,6 +30,7 @@ def main() -> int:
     p.add_argument("--served-name", default="model")
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--parent-pid", type=int)
+    p.add_argument("--torch-threads", type=int)
     args = p.parse_args()
     behaviour = json.loads((Path(args.model_dir) / "fake.json").read_text())
     print(f"fake model server for {args.model_dir} on {args.port}", flush=True)

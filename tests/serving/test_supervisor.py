@@ -171,6 +171,20 @@ def test_liveness_failing_before_ready_ends_failed_not_in_a_loop(serving_ws, fak
     assert dep.instances[0].restarts == 2 and dep.instances[0].pid is None
 
 
+def test_update_replaces_instances_and_scales(serving_ws, fake_model) -> None:
+    ws = serving_ws
+    control.start_endpoint(ws, "upd-ep")
+    old = deploy(ws, "upd-ep", "blue", fake_model()).instances[0]
+    settings = D.validate_settings({**FAST, "request_timeout_ms": 9000})
+    stamp = D.update_deployment(ws, "upd-ep", "blue", instance_count=2, settings=settings)
+    assert control.apply(ws, "upd-ep", stamp)
+    dep = control.wait_deployment(ws, "upd-ep", "blue", timeout_s=60)
+    assert dep.generation == 2 and dep.settings.request_timeout_ms == 9000
+    assert [i.state for i in dep.instances] == ["ready", "ready"]
+    assert old.pid not in {i.pid for i in dep.instances}  # replaced, not kept
+    assert wait_for(lambda: not Path(f"/proc/{old.pid}").exists(), what="the old pid gone")
+
+
 def test_up_restores_endpoints_after_every_process_died(
     serving_ws, fake_model, tmp_path: Path
 ) -> None:

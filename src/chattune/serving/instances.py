@@ -110,8 +110,17 @@ class Slot:
             return "ready"
         return "unhealthy" if self.ever_ready else "starting"
 
-    def start(self, spec: GroupSpec, liveness: ProbeSettings, readiness: ProbeSettings) -> None:
-        """Start a model server for `spec` on a fresh port, logging to `self.log`."""
+    def start(
+        self,
+        spec: GroupSpec,
+        liveness: ProbeSettings,
+        readiness: ProbeSettings,
+        torch_threads: int | None = None,
+    ) -> None:
+        """Start a model server for `spec` on a fresh port, logging to `self.log`.
+
+        `torch_threads`: CPU threads per op; instances sharing the CPU split its cores (more
+        threads than cores made a decoding step many times slower)."""
         self.spec, self.port = spec, free_port()
         cmd = [
             sys.executable,
@@ -128,6 +137,7 @@ class Slot:
             spec.served_name,
             "--parent-pid",
             str(os.getpid()),
+            *(["--torch-threads", str(torch_threads)] if torch_threads else []),
         ]
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:

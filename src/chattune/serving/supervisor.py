@@ -261,7 +261,7 @@ class Supervisor:
                     slot = self.slots[(group.name, idx)] = Slot(group.name, idx, log)
                 if slot.proc is None and group.failed is None:
                     _say(f"starting {group.name} instance {idx}")
-                    slot.start(group.spec, group.liveness, group.readiness)
+                    self._start(group, slot)
         self.endpoint = ep
         self._publish(ep.updated_at)
         return True
@@ -285,6 +285,12 @@ class Supervisor:
         if changed:
             self._publish(self.applied)
 
+    def _start(self, group: Group, slot: Slot) -> None:
+        # the CPU's cores, split between every instance of the endpoint
+        instances = sum(g.count for g in self.groups.values()) or 1
+        threads = max(1, (os.cpu_count() or 1) // instances)
+        slot.start(group.spec, group.liveness, group.readiness, threads)
+
     def _on_liveness_failure(self, group: Group, slot: Slot) -> None:
         """Liveness failed `failure_threshold` times in a row: kill and restart (Azure)."""
         n = group.liveness.failure_threshold
@@ -301,7 +307,7 @@ class Supervisor:
             )
             return
         slot.restarts += 1
-        slot.start(group.spec, group.liveness, group.readiness)
+        self._start(group, slot)
         slot.error = f"liveness probe failed {n} times"
 
     def _on_exit(self, group: Group, slot: Slot, code: int) -> None:
@@ -310,7 +316,7 @@ class Supervisor:
         _say(f"{group.name} instance {slot.idx} exited with code {code}: {reason}")
         if slot.ever_ready:
             slot.restarts += 1
-            slot.start(group.spec, group.liveness, group.readiness)
+            self._start(group, slot)
             slot.error = f"exited with code {code}: {reason}"
             return
         self._restart_or_fail(
@@ -329,7 +335,7 @@ class Supervisor:
             _say(f"{group.name} failed: {group.failed}")
             return
         slot.restarts += 1
-        slot.start(group.spec, group.liveness, group.readiness)
+        self._start(group, slot)
         slot.error = error
 
     # -- publish -------------------------------------------------------------------------------
