@@ -174,3 +174,22 @@ def test_delete_endpoint_rows(workspace) -> None:
     E.delete_endpoint_rows(workspace, "ep-one")
     assert E.list_endpoints(workspace) == []
     assert workspace.db().execute("SELECT COUNT(*) FROM instances").fetchone()[0] == 0
+
+
+def test_plan_groups_fails_only_the_deployment_whose_model_is_gone(workspace, tmp_path) -> None:
+    from chattune.models.card import builtin_cards
+    from chattune.models.store import add_version
+    from chattune.serving.supervisor import plan_groups
+
+    card = builtin_cards()["SmolLM2-135M-Instruct"]
+    add_version(workspace, name="m", kind="registered", card=card, path=tmp_path, source="t")
+    _ep(workspace)
+    _dep(workspace, "blue")  # model m:1, which exists
+    D.create_deployment(
+        workspace, "ep-one", "gone", model_name="nope", model_version="1",
+        settings=D.DeploymentSettings(), instance_count=2,
+    )  # fmt: skip
+    groups = plan_groups(workspace, D.list_deployments(workspace, "ep-one"))
+    assert groups["blue"].failed is None and groups["blue"].spec.model_dir == str(tmp_path)
+    assert groups["blue"].count == 1 and groups["gone"].count == 0
+    assert "no model named 'nope'" in groups["gone"].failed

@@ -77,15 +77,22 @@ def plan_groups(ws: Workspace, deployments: list[Deployment]) -> dict[str, Group
 
     groups: dict[str, Group] = {}
     for dep in deployments:
-        mv = get_model(ws, dep.model_name, version=dep.model_version)
         s = dep.settings
-        if not s.lora_only:
+        try:
+            mv = get_model(ws, dep.model_name, version=dep.model_version)
+            ckpt = _resolve(str(mv.path)) if s.lora_only else None
+        except ChattuneError as exc:  # its model is gone or unreadable: it alone fails
+            spec = GroupSpec("", served_name=dep.name, generation=(dep.generation,))
+            groups[dep.name] = Group(
+                dep.name, [dep], spec, 0, s.liveness_probe, s.readiness_probe, failed=str(exc)
+            )
+            continue
+        if ckpt is None:
             spec = GroupSpec(str(mv.path), served_name=dep.name, generation=(dep.generation,))
             groups[dep.name] = Group(
                 dep.name, [dep], spec, dep.instance_count, s.liveness_probe, s.readiness_probe
             )
             continue
-        ckpt = _resolve(str(mv.path))
         group = groups.get(dep.group)
         if group is None:
             group = groups[dep.group] = Group(
