@@ -37,8 +37,10 @@ def up(
     workspace: WorkspaceOpt = None,
     timeout: float = typer.Option(900.0, help="Seconds to wait for each deployment."),
 ) -> None:
-    """Bring back every stopped endpoint (e.g. after a restart): same port, keys, deployments
-    and traffic. Waits until each is ready."""
+    """Bring back every stopped endpoint: same port, keys, deployments and traffic.
+
+    Run it after a machine restart; it waits until each deployment is ready (or failed).
+    """
     from chattune.serving.control import bring_up
     from chattune.serving.deployments import list_deployments
 

@@ -123,7 +123,10 @@ def apply(ws: Workspace, endpoint: str, stamp: float, timeout_s: float = 60.0) -
     ep = get_endpoint(ws, endpoint)
     if not pid_alive(ep.pid):
         return False
-    os.kill(ep.pid, signal.SIGHUP)
+    if _status(ws, endpoint).get("pid") == ep.pid:
+        # it has written its status, so its SIGHUP handler is in place (SIGHUP's default
+        # action would end it); a supervisor still starting reads the latest rows anyway
+        os.kill(ep.pid, signal.SIGHUP)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         status = _status(ws, endpoint)
