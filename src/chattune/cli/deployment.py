@@ -8,7 +8,6 @@ requests (Azure's `endpoint.traffic = {"demo": 100}`).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -17,12 +16,10 @@ from rich.table import Table
 from chattune.cli.common import JsonOpt, WorkspaceOpt, console, open_workspace, print_json
 from chattune.cli.endpoint import applied_note
 from chattune.errors import EndpointError
-from chattune.models.store import get_model
 from chattune.serving import control
 from chattune.serving.deployments import (
     Deployment,
     DeploymentSettings,
-    create_deployment,
     delete_deployment,
     get_deployment,
     list_deployments,
@@ -30,6 +27,7 @@ from chattune.serving.deployments import (
     validate_settings,
 )
 from chattune.serving.endpoints import endpoint_dir
+from chattune.serving.service import deploy
 from chattune.workspace import Workspace
 
 app = typer.Typer(no_args_is_help=True)
@@ -75,24 +73,6 @@ def _settings(base: DeploymentSettings, given: dict[str, Any]) -> DeploymentSett
             if given[prefix + f] is not None:
                 values[probe][f] = given[prefix + f]
     return validate_settings(values)
-
-
-def parse_model_ref(ref: str) -> tuple[str, str | None]:
-    """`NAME:VERSION`, `azureml:NAME:VERSION` or `NAME@latest` -> (name, version or None).
-
-    Raises:
-        EndpointError: none of those forms.
-    """
-    ref = ref.removeprefix("azureml:")
-    if ref.endswith("@latest"):
-        return ref.removesuffix("@latest"), None
-    name, sep, version = ref.rpartition(":")
-    if not sep or not name or not version:
-        raise EndpointError(
-            f"--model {ref!r} names no version.",
-            fix="write --model NAME:VERSION or --model NAME@latest.",
-        )
-    return name, version
 
 
 def _progress_line(dep: Deployment) -> str:
@@ -147,44 +127,22 @@ def create(
 ) -> None:
     """Deploy a model version to an endpoint (0% traffic) and wait until it is ready."""
     ws = open_workspace(workspace)
-    model_name, version = parse_model_ref(model)
-    mv = get_model(ws, model_name, version=version, label=None if version else "latest")
-    if mv.path is None or not Path(mv.path).exists():
-        raise EndpointError(
-            f"model {mv.name}:{mv.version} has no weights in this workspace.",
-            fix="register a trained model (chattune model register) or import one "
-            "(chattune model import), then deploy that version.",
-        )
     settings = _settings(DeploymentSettings(), locals())
-    if lora_only:
-        from chattune.serving.loader import resolve_checkpoint
-
-        ckpt = resolve_checkpoint(Path(mv.path))
-        if ckpt.adapter_dir is None:
-            raise EndpointError(
-                f"--lora-only needs a base model plus a LoRA adapter, and {mv.name}:"
-                f"{mv.version} is a full model ({mv.path}).",
-                fix="deploy it without --lora-only, or register the job's pytorch_model_folder "
-                "of a LoRA run trained with merge_lora_weights=false.",
-            )
-        settings = settings.model_copy(
-            update={"lora_only": True, "base_id": ckpt.base_id, "group": f"lora-{ckpt.base_id[:8]}"}
-        )
-    dep, stamp = create_deployment(
+    dep, stamp = deploy(
         ws,
         endpoint,
         name,
-        model_name=mv.name,
-        model_version=mv.version,
-        settings=settings,
+        model,
+        settings,
         instance_count=instance_count or 1,
         instance_type=instance_type,
+        lora_only=lora_only,
     )
     note = applied_note(ws, endpoint, stamp)
     if not no_wait and note == "live":
         dep = _wait(ws, endpoint, name, timeout)
     elif not as_json:
-        console.print(f"deployment {name} of {mv.name}:{mv.version} created ({note}).")
+        console.print(f"deployment {name} of {dep.model} created ({note}).")
     if as_json:
         print_json(get_deployment(ws, endpoint, name).to_dict())
     else:

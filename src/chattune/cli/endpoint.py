@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import httpx
 import typer
 from rich.table import Table
 
@@ -32,6 +31,7 @@ from chattune.serving.endpoints import (
     regenerate_key,
     update_traffic,
 )
+from chattune.serving.service import invoke as invoke_endpoint
 from chattune.workspace import Workspace
 
 app = typer.Typer(no_args_is_help=True)
@@ -226,28 +226,11 @@ def invoke(
 ) -> None:
     """POST a request file to the endpoint's /score with its key; print the raw response."""
     ws = open_workspace(workspace)
-    ep = get_endpoint(ws, name)
     if not request_file.is_file():
         raise EndpointError(f"request file {request_file} does not exist.", fix="check the path.")
-    headers = {
-        "Authorization": f"Bearer {ep.primary_key}",
-        "Content-Type": "application/json",
-    }
-    if deployment:
-        headers["azureml-model-deployment"] = deployment
-    try:
-        r = httpx.post(
-            ep.scoring_uri,
-            content=request_file.read_bytes(),
-            headers=headers,
-            timeout=timeout,
-            trust_env=False,
-        )
-    except httpx.HTTPError as exc:
-        raise EndpointError(
-            f"endpoint {name!r} did not answer at {ep.scoring_uri} ({exc}).",
-            fix="check `chattune endpoint show` (state); `chattune up` starts stopped endpoints.",
-        ) from exc
+    r = invoke_endpoint(
+        ws, name, request_file.read_bytes(), deployment=deployment, timeout_s=timeout
+    )
     print(r.text)
     if r.is_error:
         err_console.print(f"[bold red]error:[/] HTTP {r.status_code}")

@@ -73,7 +73,7 @@ MIGRATIONS: list[str] = [
         tags        TEXT NOT NULL DEFAULT '{}',
         port        INTEGER,                          -- the gateway's port, kept across restarts
         pid         INTEGER,                          -- the supervisor process while it runs
-        state       TEXT NOT NULL DEFAULT 'creating', -- creating | running | stopped | failed | deleting
+        state       TEXT NOT NULL DEFAULT 'creating', -- creating|running|stopped|failed|deleting
         error       TEXT,
         created_at  REAL NOT NULL,
         updated_at  REAL NOT NULL
