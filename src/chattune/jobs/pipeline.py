@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -108,14 +109,52 @@ def model_import(ctx: StepContext) -> dict[str, Any]:
     model_hash = (
         json.loads(manifest.read_text())["key"] if manifest.is_file() else input_key(p=str(mv.path))
     )
-    ctx.log(f"model {mv.name}:{mv.version} at {mv.path}")
+    model_dir = mv.path
+    if mv.kind == "registered":  # a fine-tuned model trained further: one plain folder
+        model_dir = _registered_checkpoint(ctx, mv.path, model_hash)
+    ctx.log(f"model {mv.name}:{mv.version} at {model_dir}")
     return {
-        "model_dir": str(mv.path),
+        "model_dir": str(model_dir),
         "model_name": mv.name,
         "model_version": mv.version,
         "model_hash": model_hash,
         "lora_target_modules": mv.card.lora_target_modules,
     }
+
+
+def _registered_checkpoint(ctx: StepContext, path: Path, model_hash: str) -> Path:
+    """A registered model as the plain checkpoint training reads: weights and tokenizer in
+    one folder (an MLflow folder keeps them apart), hard-linked into the step cache.
+
+    Raises:
+        StepFailed: the version holds an unmerged LoRA adapter.
+    """
+    from chattune.serving.loader import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(path)
+    if ckpt.adapter_dir is not None:
+        raise StepFailed(
+            f"the registered model at {path} is a base model plus an unmerged LoRA adapter.",
+            fix="register the job's mlflow_model_folder (merged) and train from that version.",
+        )
+    if ckpt.model_dir == ckpt.tokenizer_dir:
+        return ckpt.model_dir
+    out = ctx.ws.root / "cache" / "model_import" / model_hash
+    with file_lock(out.with_name(out.name + ".lock")):
+        if (out / "config.json").is_file():
+            return out
+        staging = out.with_name(out.name + ".staging")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for folder in (ckpt.model_dir, ckpt.tokenizer_dir):
+            for f in folder.iterdir():
+                if f.is_file():
+                    try:
+                        os.link(f, staging / f.name)
+                    except OSError:
+                        shutil.copy2(f, staging / f.name)
+        staging.rename(out)
+    return out
 
 
 def preprocess(ctx: StepContext) -> dict[str, Any]:
