@@ -30,3 +30,8 @@ lint: $(STAMP)
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
+
+# T1 training benchmark (issue 6, bench/README.md); smoke run: make bench-t1 BENCH_ARGS="--steps 2 --repeats 1"
+.PHONY: bench-t1
+bench-t1: $(STAMP)
+	$(PY) bench/t1_training.py $(BENCH_ARGS)
