@@ -22,6 +22,9 @@ def _gib(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
 
 
+LabelOpt = Annotated[str | None, typer.Option(help="'latest': the most recently created version.")]
+
+
 @app.command("list")
 def list_cmd(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
     """List every model version: built-in catalog cards, imports and registered versions."""
@@ -51,9 +54,7 @@ def list_cmd(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
 def show(
     name: Annotated[str, typer.Argument(help="Model name (chattune model list).")],
     version: Annotated[str | None, typer.Option(help="A version; exclusive with --label.")] = None,
-    label: Annotated[
-        str | None, typer.Option(help="'latest': the most recently created version.")
-    ] = None,
+    label: LabelOpt = None,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -224,9 +225,7 @@ def register(
 def delete(
     name: Annotated[str, typer.Argument(help="Model name.")],
     version: Annotated[str | None, typer.Option(help="The version to delete.")] = None,
-    label: Annotated[
-        str | None, typer.Option(help="'latest': the most recently created version.")
-    ] = None,
+    label: LabelOpt = None,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
