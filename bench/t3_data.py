@@ -1,0 +1,608 @@
+"""T3 data benchmark (issue 6): chattune's data path against TRL's dataset preparation.
+
+The data: `--conversations` (default 50,000; the issue's size is 200,000) conversations drawn
+with replacement, seeded, from the whole chitchat corpus (`chattune.data.chitchat`, all four
+splits), written once as `{"messages": [...]}` JSON lines into the work folder and reused.
+
+Contenders, each step in its own process, each from that same file to trainable batches:
+
+  chattune  1. convert: `chattune data download --dataset FILE --download-dir D --split-pc 100`
+               (the CLI's `main`, in-process: read, convert to the ultrachat schema, write);
+            2. prepare: `run_preprocess` (render the chat template, tokenize, label the
+               assistant tokens, truncate to 512, split 80/10/10, write parquet), then the
+               finetune step's data loading and packing plan (`chattune.train.finetune
+               ._datasets`: read train/validation parquet, `pack_batches` into bins of
+               batch x 512 tokens), i.e. all the work before the first training batch.
+  trl       `datasets.load_dataset("json", ...)` then `SFTTrainer._prepare_dataset` (TRL's
+            own code: chat template + tokenize per example, labels, bfd packing to 512 rows,
+            which truncates each conversation to 512) with `dataset_num_proc` processes and
+            a fresh datasets cache per run. The trainer is made without `__init__` (no model
+            is loaded): `_prepare_dataset` reads only `_tokenizer`, `chat_template` and
+            `completion_only_loss` of it, set as `__init__` sets them for this data.
+
+TRL's `assistant_only_loss` cannot be used with SmolLM2's template (no `{% generation %}`
+markers, and TRL cannot patch it: `get_training_chat_template` raises), so TRL runs its
+default: every token is a label. chattune labels the assistant turns only (more work).
+
+Measured: conversations/s (conversations in / seconds of the timed section, which starts
+before the tokenizer or data are loaded) and peak RSS, per process: `ru_maxrss` of the
+process itself and the sampled peak of the summed RSS of the process and its children (TRL's
+`num_proc` workers; shared pages counted once per process, so an upper bound).
+
+    .venv/bin/python bench/t3_data.py                              # 50k x 3 repeats
+    .venv/bin/python bench/t3_data.py --conversations 200000       # the issue's size
+    .venv/bin/python bench/t3_data.py --conversations 5000 --repeats 1   # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import resource
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+from common import (  # noqa: E402  (bench/ is a folder of scripts, not a package)
+    BenchFailed,
+    machine_record,
+    median,
+    peak_rss_mb,
+    run_child,
+    versions,
+    write_json,
+)
+
+CONTENDERS = ("chattune", "trl")
+MODEL_NAME = "SmolLM2-135M-Instruct"
+CHILD_TIMEOUT_S = 3600
+TOKEN_TOLERANCE = 0.001  # relative difference allowed between the token counts
+RSS_TARGET_MB = 1024
+RATE_TARGET = 3.0
+
+
+# -- the data ---------------------------------------------------------------------------------
+def make_data(n: int, seed: int, data_dir: Path) -> Path:
+    """`n` conversations drawn with replacement (seeded) from the whole chitchat corpus, as
+    `{"messages": [...]}` lines; written once, then reused (same n and seed, same file)."""
+    path = data_dir / f"chitchat-resampled-{n}-seed{seed}.jsonl"
+    if path.is_file():
+        return path
+    from chattune.data.chitchat import load_chitchat
+
+    corpus = load_chitchat()
+    pool = [row["messages"] for rows in corpus.splits.values() for row in rows]
+    picks = random.Random(seed).choices(range(len(pool)), k=n)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for i in picks:
+            f.write(json.dumps({"messages": pool[i]}, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+# -- child side -------------------------------------------------------------------------------
+class TreeRSS:
+    """Samples the summed RSS of this process and its descendants; keeps the peak (MiB)."""
+
+    def __init__(self, every_s: float = 0.05) -> None:
+        import psutil
+
+        self._proc = psutil.Process()
+        self._every = every_s
+        self._stop = threading.Event()
+        self.peak_mb = 0.0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        total = 0
+        for p in [self._proc, *self._proc.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):  # a worker that just exited
+                total += p.memory_info().rss
+        self.peak_mb = max(self.peak_mb, total / 2**20)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            self._sample()
+
+    def __enter__(self) -> TreeRSS:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its children waited for so far."""
+    me, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _memory(cpu0: float) -> dict[str, float]:
+    """Peak RSS of this process and of its largest child, and the CPU seconds since `cpu0`
+    (less disturbed by other processes on the machine than the wall time)."""
+    return {
+        "cpu_s": cpu_seconds() - cpu0,
+        "peak_rss_mb": peak_rss_mb(),
+        "children_max_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
+
+
+def _child_convert(spec: dict[str, Any]) -> dict[str, Any]:
+    from chattune.cli.main import main as cli
+
+    out = Path(spec["convert_dir"])
+    argv = ["data", "download", "--dataset", spec["data_file"], "--download-dir", str(out)]
+    argv += ["--split-pc", "100", "--json"]
+    with TreeRSS() as tree:
+        t0, cpu0 = time.perf_counter(), cpu_seconds()
+        rc = cli(argv)
+        seconds = time.perf_counter() - t0
+    mem = _memory(cpu0)
+    if rc != 0:
+        raise BenchFailed(f"chattune {' '.join(argv)} exited {rc}")
+    written = out / Path(spec["data_file"]).name
+    with written.open("rb") as f:
+        rows = sum(1 for _ in f)
+    return {**mem, "seconds": seconds, "rows_written": rows, "tree_peak_rss_mb": tree.peak_mb}
+
+
+def _child_prepare(spec: dict[str, Any]) -> dict[str, Any]:
+    from chattune.train.finetune import FinetuneConfig, _datasets
+    from chattune.train.params import FinetuneParams
+    from chattune.train.preprocess import PreprocessConfig, run_preprocess
+
+    prep = Path(spec["prep_dir"])
+    train_file = Path(spec["convert_dir"]) / Path(spec["data_file"]).name
+    with TreeRSS() as tree:
+        t0, cpu0 = time.perf_counter(), cpu_seconds()
+        report = run_preprocess(
+            PreprocessConfig(
+                train_file=train_file,
+                model_dir=Path(spec["model_dir"]),
+                max_seq_length=spec["max_seq_length"],
+                output_dir=prep,
+            ),
+            lambda _msg: None,
+        )
+        t1 = time.perf_counter()
+        rss_preprocess = peak_rss_mb()
+        cfg = FinetuneConfig(
+            model_dir=Path(spec["model_dir"]),
+            data_dir=prep,
+            output_dir=prep / "finetune",
+            params=FinetuneParams(
+                per_device_train_batch_size=spec["batch_size"],
+                per_device_eval_batch_size=spec["batch_size"],
+                max_seq_length=spec["max_seq_length"],
+                seed=spec["seed"],
+            ),
+            lora_target_modules=[],
+            max_seq_length=spec["max_seq_length"],
+        )
+        train, val, _collator, _per_step = _datasets(cfg)
+        t2 = time.perf_counter()
+    mem = _memory(cpu0)
+    bins = train.bins
+    packed = sorted(i for b in bins for i in b)
+    if packed != list(range(len(train.rows))):
+        raise BenchFailed("chattune's packing plan does not hold every train row exactly once")
+    bin_tokens = [sum(len(train.rows[i]["input_ids"]) for i in b) for b in bins]
+    m = report.metrics()
+    splits = ("train", "validation", "test")
+    return {
+        **mem,
+        "seconds": t2 - t0,
+        "preprocess_s": t1 - t0,
+        "pack_s": t2 - t1,
+        "preprocess_peak_rss_mb": rss_preprocess,
+        "tree_peak_rss_mb": tree.peak_mb,
+        "conversations_kept": int(sum(m[f"{s}_rows"] for s in splits)),
+        "tokens": int(sum(m[f"{s}_tokens"] for s in splits)),
+        "label_tokens": int(sum(m[f"{s}_label_tokens"] for s in splits)),
+        "truncated": int(m["truncated_rows"]),
+        "dropped": {k: d.count for k, d in report.dropped.items()},
+        "rows": {s: int(m[f"{s}_rows"]) for s in splits},
+        "train_bins": len(bins),
+        "validation_bins": len(val),
+        "max_bin_tokens": max(bin_tokens, default=0),
+        "bin_capacity": spec["batch_size"] * spec["max_seq_length"],
+        "train_label_tokens": int(m["train_label_tokens"]),
+    }
+
+
+def _child_trl(spec: dict[str, Any]) -> dict[str, Any]:
+    cache = Path(spec["cache_dir"])
+    os.environ["HF_DATASETS_CACHE"] = str(cache)  # before datasets is imported: nothing reused
+    from datasets import load_dataset
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+    from trl.chat_template_utils import get_training_chat_template
+
+    args = SFTConfig(
+        output_dir=str(cache / "trainer"),
+        max_length=spec["max_seq_length"],
+        packing=True,  # TRL's best setting (T1's trl_best): bfd, padding-free
+        dataset_num_proc=spec["num_proc"],
+        seed=spec["seed"],
+        bf16=False,
+        use_cpu=True,
+        report_to=[],
+    )
+    with TreeRSS() as tree:
+        t0, cpu0 = time.perf_counter(), cpu_seconds()
+        tok = AutoTokenizer.from_pretrained(spec["model_dir"])
+        ds = load_dataset("json", data_files=spec["data_file"], split="train", cache_dir=str(cache))
+        t_load = time.perf_counter()
+        trainer = SFTTrainer.__new__(SFTTrainer)
+        # as SFTTrainer.__init__ sets them for a conversational dataset, assistant_only_loss off
+        trainer._tokenizer = tok
+        trainer.chat_template = None
+        trainer.completion_only_loss = bool(args.completion_only_loss)
+        out = trainer._prepare_dataset(ds, tok, args, args.packing, None, "train")
+        seconds = time.perf_counter() - t0
+    mem = _memory(cpu0)
+    seq_lengths = out["seq_lengths"]
+    lengths = [n for row in seq_lengths for n in row]
+    try:
+        get_training_chat_template(tok)
+        assistant_masks = "possible (not used: TRL's default assistant_only_loss=False)"
+    except ValueError as exc:
+        assistant_masks = f"not possible: {exc}"
+    return {
+        **mem,
+        "seconds": seconds,
+        "load_s": t_load - t0,
+        "tree_peak_rss_mb": tree.peak_mb,
+        "conversations_kept": len(lengths),
+        "tokens": sum(lengths),
+        "label_tokens": sum(lengths),  # every token is a label (assistant_only_loss=False)
+        "packed_rows": len(out),
+        "max_row_tokens": max(sum(row) for row in seq_lengths),
+        "settings": {
+            "packing": args.packing,
+            "packing_strategy": args.packing_strategy,
+            "dataset_num_proc": args.dataset_num_proc,
+            "assistant_only_loss": args.assistant_only_loss,
+            "assistant_masks": assistant_masks,
+            "completion_only_loss": args.completion_only_loss,
+            "shuffle_dataset": args.shuffle_dataset,
+            "max_length": args.max_length,
+        },
+    }
+
+
+def child_main(step: str, spec_path: Path) -> None:
+    """Run one step (`convert`, `prepare` or `trl`) as `spec_path` says; write its result."""
+    spec = json.loads(spec_path.read_text())
+    # the Rust tokenizer's thread pool: as many threads as TRL gets processes
+    os.environ["RAYON_NUM_THREADS"] = str(spec["num_proc"])
+    steps = {"convert": _child_convert, "prepare": _child_prepare, "trl": _child_trl}
+    if step not in steps:
+        raise BenchFailed(f"unknown step {step!r}; known: {', '.join(steps)}")
+    out = steps[step](spec)
+    out = {**out, "step": step, "conversations_in": spec["conversations"]}
+    write_json(Path(spec["result"]), out)
+
+
+# -- parent side ------------------------------------------------------------------------------
+def _default_model_dir() -> Path:
+    models = ROOT / ".demo" / "workspace" / "models" / MODEL_NAME
+    found = sorted(p.parent for p in models.rglob("config.json")) if models.is_dir() else []
+    if not found:
+        raise SystemExit(
+            f"no {MODEL_NAME} under {models}: pass --model-dir (a folder with config.json and "
+            "the tokenizer), or run `make demo` to import it"
+        )
+    return found[-1]
+
+
+def _step(name: str, spec: dict[str, Any], d: Path) -> dict[str, Any]:
+    spec = {**spec, "result": str(d / f"{name}.json")}
+    write_json(d / f"{name}-spec.json", spec)
+    argv = [__file__, "--child", name, "--spec", str(d / f"{name}-spec.json")]
+    return run_child(argv, d / f"{name}.json", CHILD_TIMEOUT_S)
+
+
+def run_chattune(spec: dict[str, Any], d: Path) -> dict[str, Any]:
+    """Convert, then preprocess + packing plan, each in its own process; one record."""
+    convert = _step("convert", spec, d)
+    prepare = _step("prepare", spec, d)
+    seconds = convert["seconds"] + prepare["seconds"]
+    return {
+        "contender": "chattune",
+        "seconds": seconds,
+        "conv_s": spec["conversations"] / seconds,
+        "cpu_s": convert["cpu_s"] + prepare["cpu_s"],
+        "peak_rss_mb": max(convert["peak_rss_mb"], prepare["peak_rss_mb"]),
+        "tree_peak_rss_mb": max(convert["tree_peak_rss_mb"], prepare["tree_peak_rss_mb"]),
+        "conversations_kept": prepare["conversations_kept"],
+        "tokens": prepare["tokens"],
+        "label_tokens": prepare["label_tokens"],
+        "convert": convert,
+        "prepare": prepare,
+    }
+
+
+def run_trl(spec: dict[str, Any], d: Path) -> dict[str, Any]:
+    """TRL's load + `_prepare_dataset` in its own process."""
+    res = _step("trl", spec, d)
+    return {
+        "contender": "trl",
+        "seconds": res["seconds"],
+        "conv_s": spec["conversations"] / res["seconds"],
+        "cpu_s": res["cpu_s"],
+        "peak_rss_mb": res["peak_rss_mb"],
+        "tree_peak_rss_mb": res["tree_peak_rss_mb"],
+        "conversations_kept": res["conversations_kept"],
+        "tokens": res["tokens"],
+        "label_tokens": res["label_tokens"],
+        "trl": res,
+    }
+
+
+def check_pair(n: int, max_len: int, ct: dict[str, Any], trl: dict[str, Any] | None) -> list[str]:
+    """Problems in one repeat: rows lost without a reason, token counts that disagree beyond
+    what the drops explain, no labels, bins over their capacity."""
+    problems = []
+    prep = ct["prepare"]
+    if ct["convert"]["rows_written"] != n:
+        problems.append(f"chattune convert wrote {ct['convert']['rows_written']} of {n} rows")
+    dropped = sum(prep["dropped"].values())
+    if prep["conversations_kept"] + dropped != n:
+        problems.append(
+            f"chattune kept {prep['conversations_kept']} and dropped {dropped} of {n} conversations"
+        )
+    if not 0 < prep["label_tokens"] < prep["tokens"] or prep["train_label_tokens"] <= 0:
+        problems.append(f"chattune labels: {prep['label_tokens']} of {prep['tokens']} tokens")
+    if prep["max_bin_tokens"] > prep["bin_capacity"]:
+        problems.append(f"chattune bin of {prep['max_bin_tokens']} > {prep['bin_capacity']}")
+    if trl is None:
+        return problems
+    t = trl["trl"]
+    if t["conversations_kept"] != n:
+        problems.append(f"trl kept {t['conversations_kept']} of {n} conversations")
+    if t["max_row_tokens"] > max_len:
+        problems.append(f"trl packed row of {t['max_row_tokens']} > {max_len} tokens")
+    expected = token_gap(max_len, prep["dropped"])
+    if expected is not None:
+        gap = t["tokens"] - prep["tokens"] - expected
+        if abs(gap) > TOKEN_TOLERANCE * t["tokens"]:
+            problems.append(
+                f"tokens: trl {t['tokens']}, chattune {prep['tokens']} + {expected} in the rows "
+                f"it dropped; {gap} unexplained (> {TOKEN_TOLERANCE:.1%})"
+            )
+    return problems
+
+
+def token_gap(max_len: int, dropped: dict[str, int]) -> int | None:
+    """Tokens TRL keeps in the rows chattune drops: a row that loses every assistant token to
+    truncation is longer than `max_len`, so TRL keeps exactly `max_len` of it. None when other
+    drops make the gap unknown."""
+    if any(k != "truncated_no_assistant" for k, v in dropped.items() if v):
+        return None
+    return max_len * dropped.get("truncated_no_assistant", 0)
+
+
+def summarize(runs: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, float]]:
+    """Medians per contender; chattune's ratio to TRL taken per repeat, then the median."""
+    out: dict[str, dict[str, float]] = {}
+    for name in names:
+        mine = [r for r in runs if r["contender"] == name]
+        s = {
+            "conv_s": median([r["conv_s"] for r in mine]),
+            "seconds": median([r["seconds"] for r in mine]),
+            "cpu_s": median([r["cpu_s"] for r in mine]),
+            "peak_rss_mb": median([r["peak_rss_mb"] for r in mine]),
+            "tree_peak_rss_mb": median([r["tree_peak_rss_mb"] for r in mine]),
+            "conversations_kept": median([r["conversations_kept"] for r in mine]),
+            "tokens": median([r["tokens"] for r in mine]),
+            "label_tokens": median([r["label_tokens"] for r in mine]),
+            "repeats_ok": len(mine),
+        }
+        if name == "chattune":
+            n = mine[0]["prepare"]["conversations_in"] if mine else 0
+            for part, key in (("convert", "seconds"), ("preprocess", "preprocess_s")):
+                src = "convert" if part == "convert" else "prepare"
+                s[f"{part}_conv_s"] = median([n / r[src][key] for r in mine])
+            s["pack_s"] = median([r["prepare"]["pack_s"] for r in mine])
+            s["preprocess_peak_rss_mb"] = median(
+                [r["prepare"]["preprocess_peak_rss_mb"] for r in mine]
+            )
+            s["convert_peak_rss_mb"] = median([r["convert"]["peak_rss_mb"] for r in mine])
+            ratios = [
+                r["conv_s"] / b["conv_s"]
+                for r in mine
+                for b in runs
+                if b["contender"] == "trl" and b["repeat"] == r["repeat"]
+            ]
+            s["ratio_vs_trl"] = median(ratios)
+        out[name] = s
+    return out
+
+
+def table(summary: dict[str, dict[str, float]]) -> str:
+    """The markdown table of the medians."""
+    lines = [
+        "| contender | conversations/s | seconds | x TRL | CPU s | peak RSS MB "
+        "| tree peak RSS MB | kept | tokens | label tokens |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, s in summary.items():
+        ratio = f"{s['ratio_vs_trl']:.2f}" if "ratio_vs_trl" in s else ""
+        lines.append(
+            f"| {name} | {s['conv_s']:,.0f} | {s['seconds']:.1f} | {ratio} | {s['cpu_s']:.1f} | "
+            f"{s['peak_rss_mb']:,.0f} | {s['tree_peak_rss_mb']:,.0f} | "
+            f"{s['conversations_kept']:,.0f} | {s['tokens']:,.0f} | {s['label_tokens']:,.0f} |"
+        )
+    if "chattune" in summary:
+        c = summary["chattune"]
+        lines.append("")
+        lines.append(
+            f"chattune by step: convert {c['convert_conv_s']:,.0f} conv/s "
+            f"(peak RSS {c['convert_peak_rss_mb']:,.0f} MB), preprocess "
+            f"{c['preprocess_conv_s']:,.0f} conv/s (peak RSS {c['preprocess_peak_rss_mb']:,.0f} "
+            f"MB), load + packing plan {c['pack_s']:.1f} s"
+        )
+    return "\n".join(lines)
+
+
+def targets(summary: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """The issue's targets: >= 3x TRL's conversations/s, chattune peak RSS < 1 GB."""
+    c = summary.get("chattune")
+    if not c:
+        return {}
+    rss = max(c["peak_rss_mb"], c["tree_peak_rss_mb"])
+    return {
+        "rate_ratio": c.get("ratio_vs_trl"),
+        "rate_target": RATE_TARGET,
+        "rate_met": bool(c.get("ratio_vs_trl", 0) >= RATE_TARGET),
+        "peak_rss_mb": rss,
+        "rss_target_mb": RSS_TARGET_MB,
+        "rss_met": rss < RSS_TARGET_MB,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the T3 benchmark; write bench/results/t3-<timestamp>.json; print the table."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--conversations", type=int, default=50_000, help="200000: the issue's size")
+    ap.add_argument("--repeats", type=int, default=3, help="repeats; medians are reported")
+    ap.add_argument("--seed", type=int, default=42, help="resampling and packing seed")
+    ap.add_argument("--model-dir", type=Path, help=f"{MODEL_NAME} folder (default: demo's)")
+    ap.add_argument("--max-seq-length", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=4, help="chattune bins: batch x max len")
+    ap.add_argument(
+        "--num-proc",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="TRL's dataset_num_proc and chattune's tokenizer threads",
+    )
+    ap.add_argument("--contenders", default=",".join(CONTENDERS))
+    ap.add_argument("--results-dir", type=Path, default=BENCH / "results")
+    ap.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "chattune-bench")
+    ap.add_argument("--keep-outputs", action="store_true", help="keep parquet and caches")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.child:
+        child_main(a.child, a.spec)
+        return 0
+    names = [n.strip() for n in a.contenders.split(",") if n.strip()]
+    if unknown := set(names) - set(CONTENDERS):
+        ap.error(f"unknown contender(s) {sorted(unknown)}; known: {', '.join(CONTENDERS)}")
+    if a.conversations < 100:
+        ap.error("--conversations must be at least 100 (preprocess needs 10 training rows)")
+
+    model_dir = (a.model_dir or _default_model_dir()).resolve()
+    started = datetime.now(UTC)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    root = a.work_dir.resolve()
+    work = root / f"t3-{stamp}"
+    data_file = make_data(a.conversations, a.seed, root / "data")
+    print(f"model {model_dir}\ndata {data_file}\nwork {work}", flush=True)
+    settings = {
+        "model": MODEL_NAME,
+        "model_dir": str(model_dir),
+        "data_file": str(data_file),
+        "conversations": a.conversations,
+        "resample_seed": a.seed,
+        "repeats": a.repeats,
+        "max_seq_length": a.max_seq_length,
+        "batch_size": a.batch_size,
+        "num_proc": a.num_proc,
+        "seed": a.seed,
+        "chattune_threads": f"RAYON_NUM_THREADS={a.num_proc} (the Rust tokenizer's pool)",
+        "trl_dataset_num_proc": a.num_proc,
+        "timed": "from before the tokenizer and data are loaded to the end of packing",
+    }
+    runs: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for rep in range(a.repeats):
+        order = names if rep % 2 == 0 else names[::-1]
+        got: dict[str, dict[str, Any]] = {}
+        for name in order:
+            d = work / f"r{rep}-{name}"
+            d.mkdir(parents=True, exist_ok=True)
+            spec = {
+                **settings,
+                "model_dir": str(model_dir),
+                "convert_dir": str(d / "converted"),
+                "prep_dir": str(d / "prep"),
+                "cache_dir": str(d / "hf-cache"),
+            }
+            print(f"repeat {rep + 1}/{a.repeats}: {name} ...", end=" ", flush=True)
+            try:
+                res = (run_chattune if name == "chattune" else run_trl)(spec, d)
+            except BenchFailed as exc:
+                print("FAILED", flush=True)
+                problems.append(str(exc))
+                continue
+            finally:
+                if not a.keep_outputs:
+                    for sub in ("converted", "prep", "hf-cache"):
+                        shutil.rmtree(d / sub, ignore_errors=True)
+            res["repeat"] = rep
+            runs.append(res)
+            got[name] = res
+            print(
+                f"{res['conv_s']:,.0f} conv/s ({res['seconds']:.1f} s), peak RSS "
+                f"{res['peak_rss_mb']:,.0f} MB (tree {res['tree_peak_rss_mb']:,.0f}), "
+                f"kept {res['conversations_kept']:,}, tokens {res['tokens']:,}",
+                flush=True,
+            )
+        if "chattune" in got:
+            problems += [
+                f"repeat {rep + 1}: {p}"
+                for p in check_pair(
+                    a.conversations, a.max_seq_length, got["chattune"], got.get("trl")
+                )
+            ]
+
+    summary = summarize(runs, names)
+    result = {
+        "benchmark": "T3 data",
+        "started": started.isoformat(),
+        "finished": datetime.now(UTC).isoformat(),
+        "machine": machine_record(),
+        "versions": versions(),
+        "settings": settings,
+        "summary": summary,
+        "targets": targets(summary),
+        "table": table(summary),
+        "runs": runs,
+        "problems": problems,
+    }
+    out = a.results_dir / f"t3-{stamp}.json"
+    write_json(out, result)
+    print(result["table"])
+    print(f"targets: {json.dumps(result['targets'])}")
+    print(f"results: {out}")
+    if problems:
+        print("FAILED checks:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
