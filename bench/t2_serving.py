@@ -1,0 +1,322 @@
+"""T2 serving benchmark (issue 6): one chat model served three ways, under the same load.
+
+  chattune            a chattune deployment behind its gateway (key auth), /v1/chat/completions
+  transformers_serve  `transformers serve --continuous-batching`, /v1/chat/completions
+  mlflow_serve        `mlflow models serve` of an MLflow transformers model (`llm/v1/chat`),
+                      /invocations: the serving path of an Azure MLflow-model deployment
+
+Load: chat requests cut from chitchat's test_gen (first user turns, cycled), at most
+`--max-tokens` new tokens, greedy, at each concurrency of `--concurrency`, from a closed-loop
+`httpx` async client. Measured per contender and concurrency: output tokens/s (answers
+counted with the model's tokenizer), requests/s, p50/p95 latency, time to first token
+(streaming where the server streams; mlflow serve does not: TTFT = latency).
+
+Every server runs in its own process group, started on a free port and always stopped. Each
+repeat starts each server once, checks its answer to one fixed greedy request against the
+other servers' (same text, or the first `--agree-tokens` tokens the same), then runs every
+concurrency. The order of the contenders (and of the concurrencies) reverses on every other
+repeat; the table shows medians over repeats and ratios measured within a repeat.
+
+    .venv/bin/python bench/t2_serving.py                           # defaults: ~12 min
+    .venv/bin/python bench/t2_serving.py --requests 64 --repeats 3  # the issue's protocol
+    .venv/bin/python bench/t2_serving.py --sweep                    # chattune, concurrency 1..32
+    .venv/bin/python bench/t2_serving.py --requests 4 --concurrency 1,4 --repeats 1  # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import tempfile
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+from common import BenchFailed, machine_record, versions, write_json  # noqa: E402
+from t2_load import build_requests, record_dicts, run_load, summarize  # noqa: E402
+from t2_report import agreement, plot_sweep, summarize_runs, table, targets  # noqa: E402
+from t2_servers import (  # noqa: E402
+    chattune_deployment,
+    chattune_home,
+    mlflow_model,
+    mlflow_serve,
+    transformers_serve,
+)
+
+MODEL_NAME = "SmolLM2-135M-Instruct"
+CONTENDERS = ("chattune", "transformers_serve", "mlflow_serve")
+EXTRA_VERSIONS = ("mlflow", "fastapi", "uvicorn", "httpx")
+# Requests per concurrency when --requests is not given: enough for the default run to fit
+# in about 12 minutes on an idle 2-core CPU (bench/README.md has the arithmetic).
+DEFAULT_REQUESTS = {1: 8, 4: 16, 16: 32}
+# mlflow serve decodes one request at a time (no batching), so its throughput does not grow
+# with the number of requests: it gets fewer, never fewer than one per worker.
+MLFLOW_DEFAULT_REQUESTS = {1: 8, 4: 8, 16: 16}
+
+
+def _default_model_dir() -> Path:
+    models = ROOT / ".demo" / "workspace" / "models" / MODEL_NAME
+    found = sorted(p.parent for p in models.rglob("config.json")) if models.is_dir() else []
+    if not found:
+        raise SystemExit(
+            f"no {MODEL_NAME} under {models}: pass --model-dir (a folder with config.json and "
+            "the tokenizer), or run `make demo` to import it"
+        )
+    return found[-1]
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of integers"
+        ) from exc
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give integers >= 1, e.g. 1,4,16")
+    return out
+
+
+def requests_for(name: str, concurrency: int, given: int | None) -> int:
+    """How many requests a contender gets at `concurrency`: `given` (--requests), else the
+    default table, else 2 per worker (at least 8)."""
+    if given is not None:
+        return given
+    table_ = MLFLOW_DEFAULT_REQUESTS if name == "mlflow_serve" else DEFAULT_REQUESTS
+    return table_.get(concurrency, max(8, 2 * concurrency))
+
+
+def _server_rss_mb(pids: list[int]) -> float | None:
+    """Peak RSS (VmHWM) summed over the server processes and their children, in MiB."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    seen, total = set(), 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            for p in [proc, *proc.children(recursive=True)]:
+                if p.pid in seen:
+                    continue
+                seen.add(p.pid)
+                with contextlib.suppress(OSError, psutil.Error):
+                    for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
+                        if line.startswith("VmHWM:"):
+                            total += int(line.split()[1]) / 1024
+    return total or None
+
+
+class Harness:
+    """What every contender's run needs: model, requests, work folder, the cached MLflow copy
+    and the chattune workspace (made once, on first use)."""
+
+    def __init__(self, a: argparse.Namespace, model_dir: Path, work: Path) -> None:
+        from transformers import AutoTokenizer
+
+        self.a, self.model_dir, self.work = a, model_dir, work
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.most = max(a.concurrency)
+        self.prepared: dict[str, Any] = {}
+        longest = max(requests_for(n, c, a.requests) for n in CONTENDERS for c in a.concurrency)
+        self.convs = build_requests(a.data_dir / "test_gen.jsonl", longest)
+        self.probe = self.convs[0]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def server(self, name: str) -> contextlib.AbstractContextManager:
+        """The context manager that starts (and always stops) contender `name`."""
+        threads = self.a.threads
+        if name == "chattune":
+            if "home" not in self.prepared:
+                self.prepared["home"] = chattune_home(self.model_dir, self.work)
+            return chattune_deployment(self.prepared["home"], self.work, self.most)
+        if name == "transformers_serve":
+            return transformers_serve(self.model_dir, self.work, threads)
+        if "mlflow" not in self.prepared:
+            path, took = mlflow_model(self.model_dir, self.a.work_dir.resolve() / "t2-cache")
+            self.prepared["mlflow"] = path
+            self.prepared["mlflow_save_s"] = took
+        return mlflow_serve(self.prepared["mlflow"], self.work, threads)
+
+    def run_contender(self, name: str, rep: int, concurrencies: list[int]) -> dict[str, Any]:
+        """Start `name`, check its probe answer, run every concurrency, stop it.
+
+        Raises:
+            BenchFailed: the server did not start, or a request failed or came back empty.
+        """
+        out: dict[str, Any] = {"contender": name, "repeat": rep, "levels": []}
+        with self.server(name) as target:
+            out["startup_s"], out["server"] = target.startup_s, target.settings
+            probe, _ = run_load(target, [self.probe], 1, self.a.max_tokens)
+            _raise_on_bad(name, "probe", probe)
+            out["probe_text"] = probe[0].text
+            for c in concurrencies:
+                n = requests_for(name, c, self.a.requests)
+                records, wall = run_load(target, self.convs[:n], c, self.a.max_tokens)
+                stats = summarize(records, wall, self.count_tokens)
+                level = {"concurrency": c, **stats}
+                level["records"] = record_dicts(records)
+                if rep > 0:  # texts once (repeat 1) are enough to compare; keep the timings
+                    for r in level["records"]:
+                        r.pop("text")
+                out["levels"].append(level)
+                _raise_on_bad(name, f"concurrency {c}", records)
+                print(
+                    f"  {name} c={c}: {stats['output_tok_s']:.1f} tok/s, "
+                    f"{stats['requests_s']:.2f} req/s, p50 {stats['latency_p50_s']:.2f} s, "
+                    f"p95 {stats['latency_p95_s']:.2f} s, ttft p50 {stats['ttft_p50_s']:.2f} s",
+                    flush=True,
+                )
+            out["server_peak_rss_mb"] = _server_rss_mb(target.pids)
+        return out
+
+
+def _raise_on_bad(name: str, what: str, records: list) -> None:
+    bad = [r for r in records if r.error or not r.text.strip()]
+    if bad:
+        first = bad[0]
+        why = first.error or "empty answer"
+        raise BenchFailed(
+            f"{name} ({what}): {len(bad)} of {len(records)} requests failed or came back "
+            f"empty; first (request {first.idx}): {why}"
+        )
+
+
+def _settings(a: argparse.Namespace, model_dir: Path, names: list[str]) -> dict[str, Any]:
+    return {
+        "model": MODEL_NAME,
+        "model_dir": str(model_dir),
+        "data": str(a.data_dir / "test_gen.jsonl"),
+        "contenders": names,
+        "concurrency": a.concurrency,
+        "requests": {n: {c: requests_for(n, c, a.requests) for c in a.concurrency} for n in names},
+        "repeats": a.repeats,
+        "max_tokens": a.max_tokens,
+        "greedy": "temperature 0 (OpenAI servers); top_k 1 (mlflow serve, see t2_load.py)",
+        "agree_tokens": a.agree_tokens,
+        "threads": a.threads or "each server's default (torch: one per core)",
+        "precision": "fp32 everywhere",
+        "output_tokens": "answers re-tokenized with the model's tokenizer (same rule for all)",
+        "load": "closed loop: `concurrency` workers, each sends its next request when answered",
+        "ttft": "first non-empty streamed text delta; mlflow serve does not stream: = latency",
+    }
+
+
+def _versions() -> dict[str, str]:
+    out = versions()
+    for name in EXTRA_VERSIONS:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run T2 (or the chattune concurrency sweep); write bench/results/t2-*.json; print a table."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--requests",
+        type=int,
+        help="requests per concurrency and contender "
+        f"(default: {DEFAULT_REQUESTS}, mlflow {MLFLOW_DEFAULT_REQUESTS})",
+    )
+    ap.add_argument("--concurrency", type=_ints, help="default 1,4,16 (sweep: 1,2,4,8,16,32)")
+    ap.add_argument("--repeats", type=int, default=3, help="repeats; medians are reported")
+    ap.add_argument("--max-tokens", type=int, default=64, help="new tokens per answer (at most)")
+    ap.add_argument(
+        "--agree-tokens",
+        type=int,
+        default=32,
+        help="tokens the probe answers of every contender must share",
+    )
+    ap.add_argument("--contenders", help=f"default {','.join(CONTENDERS)} (sweep: chattune)")
+    ap.add_argument("--sweep", action="store_true", help="tokens/s against concurrency, PNG plot")
+    ap.add_argument("--threads", type=int, help="OMP threads of transformers/mlflow serve")
+    ap.add_argument("--model-dir", type=Path, help=f"{MODEL_NAME} folder (default: demo's)")
+    ap.add_argument("--data-dir", type=Path, default=ROOT / ".demo" / "chitchat_dataset")
+    ap.add_argument("--results-dir", type=Path, default=BENCH / "results")
+    ap.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "chattune-bench")
+    a = ap.parse_args(argv)
+    a.concurrency = a.concurrency or ([1, 2, 4, 8, 16, 32] if a.sweep else [1, 4, 16])
+    names = [
+        n.strip()
+        for n in (a.contenders or ("chattune" if a.sweep else ",".join(CONTENDERS))).split(",")
+        if n.strip()
+    ]
+    if unknown := set(names) - set(CONTENDERS):
+        ap.error(f"unknown contender(s) {sorted(unknown)}; known: {', '.join(CONTENDERS)}")
+    if a.repeats < 1 or a.max_tokens < 1 or (a.requests is not None and a.requests < 1):
+        ap.error("--repeats, --max-tokens and --requests must be >= 1")
+    a.data_dir = a.data_dir.resolve()
+    if not (a.data_dir / "test_gen.jsonl").is_file():
+        ap.error(f"no test_gen.jsonl in {a.data_dir}: pass --data-dir (see bench/README.md)")
+
+    model_dir = (a.model_dir or _default_model_dir()).resolve()
+    started = datetime.now(UTC)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    kind = "t2-sweep" if a.sweep else "t2"
+    work = a.work_dir.resolve() / f"{kind}-{stamp}"
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"model {model_dir}\ndata {a.data_dir}\nwork {work}", flush=True)
+    h = Harness(a, model_dir, work)
+    runs: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for rep in range(a.repeats):
+        flip = rep % 2 == 1
+        for name in names[::-1] if flip else names:
+            levels = a.concurrency[::-1] if flip else a.concurrency
+            print(f"repeat {rep + 1}/{a.repeats}: {name} (concurrency {levels})", flush=True)
+            try:
+                runs.append(h.run_contender(name, rep, levels))
+            except BenchFailed as exc:
+                print(f"  FAILED: {exc}", flush=True)
+                problems.append(f"repeat {rep + 1}: {exc}")
+    summary = summarize_runs(runs, names, a.concurrency)
+    agree = agreement(runs, names, a.agree_tokens, h.count_tokens, h.tokenizer)
+    problems += agree.pop("problems")
+    result = {
+        "benchmark": "T2 serving sweep" if a.sweep else "T2 serving",
+        "started": started.isoformat(),
+        "finished": datetime.now(UTC).isoformat(),
+        "machine": machine_record(),
+        "versions": _versions(),
+        "settings": _settings(a, model_dir, names),
+        "mlflow_save_s": h.prepared.get("mlflow_save_s"),
+        "summary": summary,
+        "correctness": agree,
+        "targets": targets(summary) if not a.sweep else None,
+        "runs": runs,
+        "problems": problems,
+    }
+    out = a.results_dir / f"{kind}-{stamp}.json"
+    write_json(out, result)
+    print(table(summary, names, a.concurrency))
+    print(f"probe answers: {agree['summary']}")
+    if a.sweep and runs:
+        png = plot_sweep(
+            summary,
+            names,
+            a.concurrency,
+            a.results_dir / f"{kind}-{stamp}.png",
+            f"{MODEL_NAME}, max {a.max_tokens} new tokens, {a.repeats} repeat(s)",
+        )
+        print(f"plot: {png}")
+    print(f"results: {out}")
+    if problems:
+        print("FAILED checks:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
