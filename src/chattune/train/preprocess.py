@@ -61,6 +61,11 @@ MIN_TRAIN_ROWS = 10
 MAX_EXAMPLES = 5
 SPLITS = ("train", "validation", "test")
 _CHUNK = 1024  # conversations rendered and tokenized per batch (tokenized in parallel)
+# With a token limit, a conversation is tokenized up to a turn boundary at least this many
+# characters per token of the limit into it (see `ChatEncoder.encode_stream`): English text runs
+# about 4.4 characters per BPE token, so the prefix nearly always holds the limit; when it
+# does not, the whole text is tokenized.
+_PREFIX_CHARS_PER_TOKEN = 5
 _LOG_EVERY = 20_000  # conversations between progress lines
 
 DROP_TRUNCATED = "no assistant tokens left after truncation"
@@ -243,7 +248,8 @@ class _Drops:
 # -- labelling ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Encoded:
-    """One conversation, tokenized, before truncation."""
+    """One conversation, tokenized, before truncation (with a `limit`, possibly only its
+    first tokens: more than `limit` of them, with a label among the first `limit`)."""
 
     input_ids: list[int]
     labels: list[int]
@@ -327,7 +333,9 @@ class ChatEncoder:
         self._backend.no_truncation()
         self._backend.no_padding()
         self.pattern = self._learn_pattern() if fast else None
+        self.boundary = self._learn_boundary() if fast else None
         self.exact_count = 0  # conversations labelled the exact (slow) way
+        self.prefix_count = 0  # conversations tokenized only up to a turn boundary
 
     def render(self, messages: Messages, add_generation_prompt: bool = False) -> str:
         rendered, _ = self._render_batch(
@@ -338,34 +346,47 @@ class ChatEncoder:
         )
         return rendered[0]
 
-    def encode(self, conversations: list[Messages]) -> list[Encoded]:
-        """Tokenize and label a batch of conversations.
+    def encode(self, conversations: list[Messages], limit: int | None = None) -> list[Encoded]:
+        """Tokenize and label a batch of conversations (see `encode_stream` for `limit`).
 
         Raises:
             TemplateRenderError: naming the index of the conversation that failed.
         """
-        return next(self.encode_stream([(None, conversations)]))[1]
+        return next(self.encode_stream([(None, conversations)], limit))[1]
 
     def encode_stream(
-        self, batches: Iterable[tuple[T, list[Messages]]]
+        self, batches: Iterable[tuple[T, list[Messages]]], limit: int | None = None
     ) -> Iterator[tuple[T, list[Encoded]]]:
         """`encode` over `(payload, conversations)` batches, pipelined: the Rust tokenizer
         works on batch k+1 in a thread (it releases the GIL) while Python labels batch k and
         the caller writes it out.
 
+        `limit`: only the first `limit` tokens will be kept. A long conversation is then
+        tokenized only up to an occurrence of `boundary` (a special token that starts every
+        turn, where the tokenizer splits the text: the tokens before it do not depend on what
+        follows), when that prefix has more than `limit` tokens and a label among them;
+        otherwise (and for every conversation that keeps no label) the whole text is.
+        Truncated to `limit`, the result is the same either way.
+
         Raises:
             TemplateRenderError: its `payload` is the payload of the failing batch.
         """
+        cut = bool(limit and self.boundary)
         with ThreadPoolExecutor(1, thread_name_prefix="tokenize") as pool:
             pending = None
             for payload, convs in batches:
                 texts = self._render_all(convs, payload)
-                job = pool.submit(self._backend.encode_batch, texts, add_special_tokens=False)
+                inputs = [self._prefix(t, limit) for t in texts] if cut else texts
+                job = pool.submit(self._backend.encode_batch, inputs, add_special_tokens=False)
                 if pending:
                     yield pending[0], self._finish(*pending)
-                pending = (payload, convs, texts, job)
+                pending = (payload, convs, texts, inputs, job, limit)
             if pending:
                 yield pending[0], self._finish(*pending)
+
+    def _prefix(self, text: str, limit: Any) -> str:
+        at = text.find(self.boundary, limit * _PREFIX_CHARS_PER_TOKEN)  # type: ignore[arg-type]
+        return text[:at] if at > 0 else text
 
     def _render_all(self, convs: list[Messages], payload: Any) -> list[str]:
         try:
@@ -379,10 +400,17 @@ class ChatEncoder:
             raise
 
     def _finish(
-        self, payload: Any, convs: list[Messages], texts: list[str], job: Future
+        self,
+        payload: Any,
+        convs: list[Messages],
+        texts: list[str],
+        inputs: list[str],
+        job: Future,
+        limit: int | None,
     ) -> list[Encoded]:
         out = []
-        for i, (conv, text, enc) in enumerate(zip(convs, texts, job.result(), strict=True)):
+        encodings = job.result()
+        for i, (conv, text, enc) in enumerate(zip(convs, texts, encodings, strict=True)):
             spans = self._pattern_spans(conv, text) if self.pattern else None
             if spans is None:
                 self.exact_count += 1
@@ -390,7 +418,15 @@ class ChatEncoder:
                     spans = self._exact_spans(conv, text)
                 except Exception as exc:
                     raise TemplateRenderError(i, exc, payload) from exc
-            out.append(_label(enc, text, spans))
+            cut = len(inputs[i])
+            done = _label_prefix(enc, text, cut, spans, limit) if cut < len(text) else None
+            if done is None:
+                if cut < len(text):  # the prefix does not do: the whole text
+                    enc = self._backend.encode(text, add_special_tokens=False)
+                done = _label(enc, text, spans)
+            else:
+                self.prefix_count += 1
+            out.append(done)
         return out
 
     def _exact_spans(self, messages: Messages, text: str) -> list[tuple[int, int]]:
@@ -460,6 +496,44 @@ class ChatEncoder:
             pos = content_end
         return found.pop() if len(found) == 1 else None
 
+    def _learn_boundary(self) -> str | None:
+        """A special token that the probe render holds once per turn, outside the assistant
+        spans, at which the tokenizer splits the text whatever surrounds it: an added token
+        matched on the raw text (not normalized), that takes no whitespace before it (no
+        lstrip), needs no word boundary (no single_word), and that no other raw added token
+        can overlap. Checked on the probe: cut before any of its occurrences, the prefix
+        tokenizes to the first tokens of the whole text. None when no token qualifies."""
+        try:
+            text = self.render(_PROBE)
+            spans = self._exact_spans(_PROBE, text)
+        except Exception:
+            return None
+        raw = [t for t in self._backend.get_added_tokens_decoder().values() if not t.normalized]
+        full = self._backend.encode(text, add_special_tokens=False).ids
+        best: tuple[int, str] | None = None
+        for tok in raw:
+            b = tok.content
+            count = text.count(b)
+            if tok.lstrip or tok.single_word or count < len(spans) or (best and count <= best[0]):
+                continue
+            if any(_overlaps(u.content, b) for u in raw if u.content != b):
+                continue
+            at, ok = text.find(b, 1), True
+            while ok and at > 0:
+                ok = not any(a <= at < e for a, e in spans)  # a cut there would cross a span
+                ids = self._backend.encode(text[:at], add_special_tokens=False).ids
+                ok = ok and full[: len(ids) + 1] == [*ids, self._backend.token_to_id(b)]
+                at = text.find(b, at + 1)
+            if ok:
+                best = (count, b)
+        return best[1] if best else None
+
+
+def _overlaps(a: str, b: str) -> bool:
+    """Whether an occurrence of `a` can share characters with one of `b` without being it:
+    `a` starting before or at `b` and ending inside or past its start."""
+    return any(b.startswith(a[j:]) or a[j:].startswith(b) for j in range(len(a)))
+
 
 class _Ends:
     """The end offsets of a tokenization, as a sequence for `bisect`, without copying."""
@@ -518,6 +592,19 @@ def _char_range(enc: Any, text: str, start: int, end: int) -> tuple[int, int] | 
     while b > a and text[slice(*enc.token_to_chars(b - 1))].isspace():
         b -= 1
     return a, b
+
+
+def _label_prefix(
+    enc: Any, text: str, cut: int, spans: list[tuple[int, int]], limit: Any
+) -> Encoded | None:
+    """Label the tokens of `text[:cut]` (see `ChatEncoder.encode_stream`); None when they
+    cannot stand for the whole text: `limit` tokens or fewer (truncation unknown), a labelled
+    span across the cut, or no label among the first `limit` tokens (a dropped row, whose
+    report needs the whole text)."""
+    if len(enc.ids) <= limit or any(a < cut < b for a, b in spans):
+        return None
+    done = _label(enc, text, [(a, b) for a, b in spans if a < cut])
+    return done if done.label_ranges and done.label_ranges[0][0] < limit else None
 
 
 def _label(enc: Any, text: str, spans: list[tuple[int, int]]) -> Encoded:
@@ -798,7 +885,7 @@ def run_preprocess(cfg: PreprocessConfig, log: Log = print) -> PreprocessReport:
     done, every = 0, _LOG_EVERY
     try:
         try:
-            for (path, items), encoded in encoder.encode_stream(batches()):
+            for (path, items), encoded in encoder.encode_stream(batches(), max_len):
                 _write_batch(path, items, encoded, max_len, splits, drops, outputs, first_labels)
                 done += len(items)
                 if done >= every:
@@ -827,6 +914,11 @@ def run_preprocess(cfg: PreprocessConfig, log: Log = print) -> PreprocessReport:
         raise
     if encoder.exact_count:
         log(f"{encoder.exact_count} conversations labelled by exact per-turn rendering")
+    if encoder.prefix_count:
+        log(
+            f"{encoder.prefix_count} long conversations tokenized up to the first "
+            f"{encoder.boundary} past {max_len * _PREFIX_CHARS_PER_TOKEN} characters"
+        )
 
     _log_drops(drops, log)
     report = PreprocessReport(
