@@ -171,3 +171,56 @@ def test_padded_batch_equals_each_sequence_alone(model_dir: Path, attn: str) -> 
             n = len(e["input_ids"])
             ref = model(input_ids=torch.tensor([e["input_ids"]])).logits[0]
             torch.testing.assert_close(out.logits[i, :n], ref, atol=ATOL, rtol=0)
+
+
+# -- the fast paths: attention per packed sequence, logits only where a label is -----------------
+@pytest.fixture
+def packed_attention() -> str:
+    from chattune.train.attention import register
+
+    return register()
+
+
+@pytest.mark.parametrize("supervised_logits", [False, True], ids=["all-logits", "label-logits"])
+def test_fast_paths_give_the_same_loss_and_gradients(
+    model_dir: Path, packed_attention: str, supervised_logits: bool
+) -> None:
+    """`chattune_packed` attention + supervised-only logits against sdpa's block-diagonal mask
+    over the full logits: same loss, same gradients, on Llama (GQA) and Phi-3."""
+    exs = examples(AutoModelForCausalLM.from_pretrained(model_dir).config.vocab_size)
+    results = []
+    for attn, fast in (("sdpa", False), (packed_attention, True)):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, attn_implementation=attn, dtype=torch.float32
+        ).train()
+        collate = PackedCollator(
+            flash_attn_kwargs=fast, supervised_logits=fast and supervised_logits
+        )
+        batch = collate(exs)
+        out = model(**batch)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((out, grads, batch))
+    (ref, ref_grads, _), (fast_out, fast_grads, batch) = results
+    torch.testing.assert_close(fast_out.loss, ref.loss, atol=ATOL, rtol=1e-5)
+    assert ref_grads.keys() == fast_grads.keys() and len(ref_grads) > 5
+    for name, g in ref_grads.items():
+        torch.testing.assert_close(fast_grads[name], g, atol=ATOL, rtol=1e-4, msg=name)
+    if supervised_logits:
+        # only the positions that predict a label were projected onto the vocabulary
+        n_targets = int((batch["labels"][0, 1:] != IGNORE_INDEX).sum())
+        assert fast_out.logits.shape == (n_targets, model.config.vocab_size)
+        assert batch["shift_labels"].tolist() == [
+            y for y in batch["labels"][0, 1:].tolist() if y != IGNORE_INDEX
+        ]
+
+
+def test_packed_attention_needs_the_sequence_boundaries(
+    tiny_llama_dir: Path, packed_attention: str
+) -> None:
+    """Without cu_seq_lens it would attend across conversations: it refuses, naming the fix."""
+    model = load(tiny_llama_dir, packed_attention)
+    batch = PackedCollator()(examples(model.config.vocab_size))
+    with pytest.raises(ValueError, match=r"cu_seq_lens_q.*attn_implementation='sdpa'"):
+        model(**batch)

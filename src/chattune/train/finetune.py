@@ -180,13 +180,40 @@ def _datasets(cfg: FinetuneConfig):
         lengths = [len(r["input_ids"]) for r in rows]
         return _PackedDataset(rows, pack_batches(lengths, batch * cfg.max_seq_length, p.seed))
 
-    collator = _FlattenBins(PackedCollator())
+    collator = _FlattenBins(
+        PackedCollator(
+            flash_attn_kwargs=p.packed_attention or _flash_attention(),
+            supervised_logits=p.supervised_logits,
+        )
+    )
     return (
         packed(train, p.per_device_train_batch_size),
         packed(val, p.per_device_eval_batch_size) if val else [],
         collator,
         1,  # one bin per step and device: the bin already holds the batch
     )
+
+
+def _flash_attention() -> bool:
+    """flash-attn's varlen kernels on CUDA take packed rows natively."""
+    import importlib.util
+
+    import torch
+
+    return torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+
+
+def _attn_implementation(p: FinetuneParams) -> str | None:
+    """The attention for training: packed rows need per-conversation attention."""
+    if not p.packing:
+        return None  # transformers' default (sdpa) with the padding mask
+    if _flash_attention():
+        return "flash_attention_2"
+    if p.packed_attention:
+        from chattune.train.attention import register
+
+        return register()
+    return None  # sdpa with a block-diagonal mask built from position_ids
 
 
 class _FlattenBins:
@@ -315,7 +342,11 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
         dtype = torch.bfloat16
     elif p.apply_lora and fp16:
         dtype = torch.float16
-    model = AutoModelForCausalLM.from_pretrained(cfg.model_dir, dtype=dtype)
+    attn = _attn_implementation(p)
+    model = AutoModelForCausalLM.from_pretrained(
+        cfg.model_dir, dtype=dtype, **({"attn_implementation": attn} if attn else {})
+    )
+    _log(f"attention: {model.config._attn_implementation}")
     if p.apply_lora:
         lora = LoraConfig(
             r=p.lora_r,
@@ -377,6 +408,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
         ddp_backend=("nccl" if cuda else "gloo") if world > 1 else None,
         report_to=[],
         remove_unused_columns=False,
+        prediction_loss_only=True,  # evaluation needs the loss, not every logit kept
         include_num_input_tokens_seen=True,
         disable_tqdm=True,
         dataloader_num_workers=0,

@@ -97,7 +97,12 @@ class PackedCollator:
 
     Args:
         flash_attn_kwargs: also return `cu_seq_lens_q/k` (int32 cumulative lengths) and
-            `max_length_q/k` for flash-attention kernels.
+            `max_length_q/k` for flash-attention kernels and `attention.packed_sdpa_forward`.
+        supervised_logits: also return `logits_to_keep`, a (1, T) bool mask of the positions
+            whose next token is a label, and `shift_labels`, those labels (K,): the model then
+            projects only K hidden states onto the vocabulary instead of T (the lm_head and
+            the cross-entropy over a 49k vocabulary are a fifth of a SmolLM2 step), and its
+            loss is the same mean over the same labels.
 
     Example:
         >>> batch = PackedCollator()([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
@@ -107,6 +112,7 @@ class PackedCollator:
     """
 
     flash_attn_kwargs: bool = False
+    supervised_logits: bool = False
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         import torch
@@ -140,6 +146,12 @@ class PackedCollator:
             longest = max(b - a for a, b in pairwise(cu_lens))
             batch.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest)
             batch["max_length_k"] = longest
+        if self.supervised_logits:
+            targets = batch["labels"][:, 1:]
+            keep = torch.zeros_like(batch["labels"], dtype=torch.bool)
+            keep[:, :-1] = targets != IGNORE_INDEX
+            batch["logits_to_keep"] = keep
+            batch["shift_labels"] = targets[targets != IGNORE_INDEX]
         return batch
 
 

@@ -52,6 +52,10 @@ class FinetuneParams(BaseModel):
     auto_find_batch_size: bool = False
     gradient_checkpointing: bool = False  # chattune: trade compute for activation memory
     packing: bool = True  # chattune: padding-free packing of conversations
+    # chattune, with packing: attention per packed conversation (no T x T mask), and the
+    # vocabulary projection + cross-entropy only where a label is (bench/README.md, T1)
+    packed_attention: bool = True
+    supervised_logits: bool = True
 
     # -- evaluation and checkpoints --------------------------------------------------------
     evaluation_strategy: Literal["epoch", "steps", "disable"] = "epoch"
