@@ -35,3 +35,8 @@ clean-demo:
 .PHONY: bench-t1
 bench-t1: $(STAMP)
 	$(PY) bench/t1_training.py $(BENCH_ARGS)
+
+# T2 serving benchmark (issue 6, bench/README.md); smoke run: make bench-t2 BENCH_ARGS="--requests 4 --concurrency 1,4 --repeats 1"
+.PHONY: bench-t2
+bench-t2: $(STAMP)
+	$(PY) bench/t2_serving.py $(BENCH_ARGS)

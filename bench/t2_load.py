@@ -1,9 +1,9 @@
 """Load for the T2 serving benchmark: the chat requests, the closed-loop async client, and the
 statistics of one run.
 
-Requests: conversations of chitchat's `test_gen`, cut after a user turn (the first user turn
-of every conversation, then the first two turns, and so on), in that order, cycled when more
-are asked for than there are cuts. Every request is greedy (temperature 0) with the same
+Requests: conversations of chitchat's `test_gen`, cut after one of their first user turns
+(so the prompt is the conversation so far, ending on the user), shuffled with a fixed seed,
+cycled when more are asked for than there are cuts. Every request is greedy with the same
 `max_tokens`.
 
 One run = N requests sent by C workers (a closed loop: each worker sends its next request as
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -26,13 +27,15 @@ import httpx
 from common import BenchFailed
 
 REQUEST_TIMEOUT_S = 900.0
+MAX_USER_TURNS = 3  # cuts after user turns 1..3: prompts of 32 to ~470 tokens, mean ~115
 
 
 def build_requests(test_gen: Path, n: int) -> list[list[dict[str, str]]]:
-    """`n` message lists, each a prefix of a test_gen conversation that ends on a user turn.
+    """`n` message lists, each a test_gen conversation cut after one of its first
+    `MAX_USER_TURNS` user turns.
 
-    Order: the first user turn of every conversation, then the first two turns (user,
-    assistant, user) of those that have them, and so on; cycled to reach `n`.
+    The cuts are shuffled with a fixed seed (so the first 8 requests mix short and long
+    prompts as the first 64 do) and cycled to reach `n`.
 
     Raises:
         BenchFailed: the file holds no usable conversation.
@@ -47,16 +50,15 @@ def build_requests(test_gen: Path, n: int) -> list[list[dict[str, str]]]:
             ]
             if msgs and msgs[0]["role"] == "user":
                 convs.append(msgs)
-    cuts: list[list[dict[str, str]]] = []
-    depth = 0
-    while True:
-        level = [c[: 2 * depth + 1] for c in convs if len(c) > 2 * depth]
-        if not level or len(cuts) >= n:
-            break
-        cuts += [c for c in level if c[-1]["role"] == "user"]
-        depth += 1
+    cuts = [
+        c[: 2 * depth + 1]
+        for depth in range(MAX_USER_TURNS)
+        for c in convs
+        if len(c) > 2 * depth and c[2 * depth]["role"] == "user"
+    ]
     if not cuts:
         raise BenchFailed(f"{test_gen} has no conversation that starts with a user turn")
+    random.Random(0).shuffle(cuts)
     return [cuts[i % len(cuts)] for i in range(n)]
 
 

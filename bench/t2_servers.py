@@ -64,7 +64,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env(threads: int | None) -> dict[str, str]:
+def _env() -> dict[str, str]:
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
@@ -73,8 +73,6 @@ def _env(threads: int | None) -> dict[str, str]:
     }
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
     return env
 
 
@@ -98,7 +96,7 @@ def _log_tail(path: Path, n: int = 3000) -> str:
 
 
 @contextlib.contextmanager
-def _process(cmd: list[str], log: Path, health: str, env: dict[str, str]) -> Iterator[tuple]:
+def server_process(cmd: list[str], log: Path, health: str, env: dict[str, str]) -> Iterator[tuple]:
     """Start `cmd` in its own process group, wait until GET `health` answers 200; always stop
     the group. Yields (process, seconds it took to answer)."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -136,8 +134,13 @@ def _process(cmd: list[str], log: Path, health: str, env: dict[str, str]) -> Ite
 
 # -- transformers serve -------------------------------------------------------------------------
 @contextlib.contextmanager
-def transformers_serve(model_dir: Path, work: Path, threads: int | None) -> Iterator[Target]:
-    """`transformers serve --continuous-batching` of the local model, CPU, fp32."""
+def transformers_serve(
+    model_dir: Path, work: Path, cb_memory_percent: float | None = None
+) -> Iterator[Target]:
+    """`transformers serve --continuous-batching` of the local model, CPU, fp32.
+
+    `cb_memory_percent`: its `--cb-max-memory-percent` (None: its default, which on CPU sizes
+    the paged KV cache from the free RAM: gigabytes of resident memory)."""
     port = free_port()
     cmd = [
         str(VENV_BIN / "transformers"),
@@ -155,8 +158,10 @@ def transformers_serve(model_dir: Path, work: Path, threads: int | None) -> Iter
         "--log-level",
         "warning",
     ]
+    if cb_memory_percent is not None:
+        cmd += ["--cb-max-memory-percent", str(cb_memory_percent)]
     url = f"http://127.0.0.1:{port}"
-    with _process(cmd, work / "transformers_serve.log", f"{url}/health", _env(threads)) as (p, s):
+    with server_process(cmd, work / "transformers_serve.log", f"{url}/health", _env()) as (p, s):
         yield Target(
             "transformers_serve",
             f"{url}/v1/chat/completions",
@@ -223,7 +228,7 @@ def mlflow_model(model_dir: Path, cache: Path) -> tuple[Path, float]:
 
 
 @contextlib.contextmanager
-def mlflow_serve(model_path: Path, work: Path, threads: int | None) -> Iterator[Target]:
+def mlflow_serve(model_path: Path, work: Path) -> Iterator[Target]:
     """`mlflow models serve --env-manager local` (1 worker, MLflow's default), /invocations."""
     port = free_port()
     timeout_s = 900  # MLflow's 60 s default would time out queued requests at concurrency 16
@@ -243,9 +248,9 @@ def mlflow_serve(model_path: Path, work: Path, threads: int | None) -> Iterator[
         str(timeout_s),
     ]
     url = f"http://127.0.0.1:{port}"
-    env = _env(threads)
+    env = _env()
     env["MLFLOW_TRACKING_URI"] = (work / "mlruns").as_uri()  # nothing written to the user's
-    with _process(cmd, work / "mlflow_serve.log", f"{url}/ping", env) as (p, s):
+    with server_process(cmd, work / "mlflow_serve.log", f"{url}/ping", env) as (p, s):
         yield Target(
             "mlflow_serve",
             f"{url}/invocations",

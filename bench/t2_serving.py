@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import sys
 import tempfile
+import time
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -55,10 +57,10 @@ CONTENDERS = ("chattune", "transformers_serve", "mlflow_serve")
 EXTRA_VERSIONS = ("mlflow", "fastapi", "uvicorn", "httpx")
 # Requests per concurrency when --requests is not given: enough for the default run to fit
 # in about 12 minutes on an idle 2-core CPU (bench/README.md has the arithmetic).
-DEFAULT_REQUESTS = {1: 8, 4: 16, 16: 32}
-# mlflow serve decodes one request at a time (no batching), so its throughput does not grow
-# with the number of requests: it gets fewer, never fewer than one per worker.
-MLFLOW_DEFAULT_REQUESTS = {1: 8, 4: 8, 16: 16}
+DEFAULT_REQUESTS = {1: 6, 4: 12, 16: 32}
+# mlflow serve does not batch (each request is its own `generate`), so its throughput does not
+# grow with the number of requests: it gets fewer, never fewer than one per worker.
+MLFLOW_DEFAULT_REQUESTS = {1: 4, 4: 4, 16: 16}
 
 
 def _default_model_dir() -> Path:
@@ -129,23 +131,38 @@ class Harness:
         self.convs = build_requests(a.data_dir / "test_gen.jsonl", longest)
         self.probe = self.convs[0]
 
+    def prompt_tokens(self) -> dict[str, float]:
+        """Prompt lengths (chat template applied) of the requests, in tokens."""
+        n = [
+            len(self.tokenizer(t, add_special_tokens=False)["input_ids"])
+            for t in (
+                self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
+                for m in self.convs
+            )
+        ]
+        return {
+            "min": min(n),
+            "median": statistics.median(n),
+            "mean": statistics.fmean(n),
+            "max": max(n),
+        }
+
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def server(self, name: str) -> contextlib.AbstractContextManager:
         """The context manager that starts (and always stops) contender `name`."""
-        threads = self.a.threads
         if name == "chattune":
             if "home" not in self.prepared:
                 self.prepared["home"] = chattune_home(self.model_dir, self.work)
             return chattune_deployment(self.prepared["home"], self.work, self.most)
         if name == "transformers_serve":
-            return transformers_serve(self.model_dir, self.work, threads)
+            return transformers_serve(self.model_dir, self.work, self.a.tf_cb_memory_percent)
         if "mlflow" not in self.prepared:
             path, took = mlflow_model(self.model_dir, self.a.work_dir.resolve() / "t2-cache")
             self.prepared["mlflow"] = path
             self.prepared["mlflow_save_s"] = took
-        return mlflow_serve(self.prepared["mlflow"], self.work, threads)
+        return mlflow_serve(self.prepared["mlflow"], self.work)
 
     def run_contender(self, name: str, rep: int, concurrencies: list[int]) -> dict[str, Any]:
         """Start `name`, check its probe answer, run every concurrency, stop it.
@@ -154,6 +171,7 @@ class Harness:
             BenchFailed: the server did not start, or a request failed or came back empty.
         """
         out: dict[str, Any] = {"contender": name, "repeat": rep, "levels": []}
+        t0 = time.perf_counter()
         with self.server(name) as target:
             out["startup_s"], out["server"] = target.startup_s, target.settings
             probe, _ = run_load(target, [self.probe], 1, self.a.max_tokens)
@@ -177,6 +195,7 @@ class Harness:
                     flush=True,
                 )
             out["server_peak_rss_mb"] = _server_rss_mb(target.pids)
+        out["wall_s"] = time.perf_counter() - t0  # start, probe, every level, stop
         return out
 
 
@@ -203,7 +222,9 @@ def _settings(a: argparse.Namespace, model_dir: Path, names: list[str]) -> dict[
         "max_tokens": a.max_tokens,
         "greedy": "temperature 0 (OpenAI servers); top_k 1 (mlflow serve, see t2_load.py)",
         "agree_tokens": a.agree_tokens,
-        "threads": a.threads or "each server's default (torch: one per core)",
+        "threads": "each server's default: torch's (one per core); chattune's supervisor "
+        "gives its one instance every core",
+        "transformers_serve_cb_max_memory_percent": a.tf_cb_memory_percent or "its default",
         "precision": "fp32 everywhere",
         "output_tokens": "answers re-tokenized with the model's tokenizer (same rule for all)",
         "load": "closed loop: `concurrency` workers, each sends its next request when answered",
@@ -241,7 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--contenders", help=f"default {','.join(CONTENDERS)} (sweep: chattune)")
     ap.add_argument("--sweep", action="store_true", help="tokens/s against concurrency, PNG plot")
-    ap.add_argument("--threads", type=int, help="OMP threads of transformers/mlflow serve")
+    ap.add_argument(
+        "--tf-cb-memory-percent",
+        type=float,
+        help="transformers serve --cb-max-memory-percent (default: its own; on CPU it sizes "
+        "the paged KV cache from free RAM)",
+    )
     ap.add_argument("--model-dir", type=Path, help=f"{MODEL_NAME} folder (default: demo's)")
     ap.add_argument("--data-dir", type=Path, default=ROOT / ".demo" / "chitchat_dataset")
     ap.add_argument("--results-dir", type=Path, default=BENCH / "results")
@@ -291,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_record(),
         "versions": _versions(),
         "settings": _settings(a, model_dir, names),
+        "prompt_tokens": h.prompt_tokens(),
         "mlflow_save_s": h.prepared.get("mlflow_save_s"),
         "summary": summary,
         "correctness": agree,
