@@ -8,11 +8,12 @@ Contenders, each step in its own process, each from that same file to trainable 
 
   chattune  1. convert: `chattune data download --dataset FILE --download-dir D --split-pc 100`
                (the CLI's `main`, in-process: read, convert to the ultrachat schema, write);
-            2. prepare: `run_preprocess` (render the chat template, tokenize, label the
-               assistant tokens, truncate to 512, split 80/10/10, write parquet), then the
-               finetune step's data loading and packing plan (`chattune.train.finetune
-               ._datasets`: read train/validation parquet, `pack_batches` into bins of
-               batch x 512 tokens), i.e. all the work before the first training batch.
+            2. preprocess: `run_preprocess` (render the chat template, tokenize, label the
+               assistant tokens, truncate to 512, split 80/10/10, write parquet);
+            3. pack: the finetune step's data loading and packing plan
+               (`chattune.train.finetune._datasets`: read train/validation parquet,
+               `pack_batches` into bins of batch x 512 tokens), the last work before the
+               first training batch.
   trl       `datasets.load_dataset("json", ...)` then `SFTTrainer._prepare_dataset` (TRL's
             own code: chat template + tokenize per example, labels, bfd packing to 512 rows,
             which truncates each conversation to 512) with `dataset_num_proc` processes and
@@ -67,6 +68,7 @@ from common import (  # noqa: E402  (bench/ is a folder of scripts, not a packag
 )
 
 CONTENDERS = ("chattune", "trl")
+CHATTUNE_STEPS = ("convert", "preprocess", "pack")
 MODEL_NAME = "SmolLM2-135M-Instruct"
 CHILD_TIMEOUT_S = 3600
 TOKEN_TOLERANCE = 0.001  # relative difference allowed between the token counts
@@ -167,12 +169,9 @@ def _child_convert(spec: dict[str, Any]) -> dict[str, Any]:
     return {**mem, "seconds": seconds, "rows_written": rows, "tree_peak_rss_mb": tree.peak_mb}
 
 
-def _child_prepare(spec: dict[str, Any]) -> dict[str, Any]:
-    from chattune.train.finetune import FinetuneConfig, _datasets
-    from chattune.train.params import FinetuneParams
+def _child_preprocess(spec: dict[str, Any]) -> dict[str, Any]:
     from chattune.train.preprocess import PreprocessConfig, run_preprocess
 
-    prep = Path(spec["prep_dir"])
     train_file = Path(spec["convert_dir"]) / Path(spec["data_file"]).name
     with TreeRSS() as tree:
         t0, cpu0 = time.perf_counter(), cpu_seconds()
@@ -181,53 +180,66 @@ def _child_prepare(spec: dict[str, Any]) -> dict[str, Any]:
                 train_file=train_file,
                 model_dir=Path(spec["model_dir"]),
                 max_seq_length=spec["max_seq_length"],
-                output_dir=prep,
+                output_dir=Path(spec["prep_dir"]),
             ),
             lambda _msg: None,
         )
-        t1 = time.perf_counter()
-        rss_preprocess = peak_rss_mb()
-        cfg = FinetuneConfig(
-            model_dir=Path(spec["model_dir"]),
-            data_dir=prep,
-            output_dir=prep / "finetune",
-            params=FinetuneParams(
-                per_device_train_batch_size=spec["batch_size"],
-                per_device_eval_batch_size=spec["batch_size"],
-                max_seq_length=spec["max_seq_length"],
-                seed=spec["seed"],
-            ),
-            lora_target_modules=[],
-            max_seq_length=spec["max_seq_length"],
-        )
-        train, val, _collator, _per_step = _datasets(cfg)
-        t2 = time.perf_counter()
+        seconds = time.perf_counter() - t0
     mem = _memory(cpu0)
-    bins = train.bins
-    packed = sorted(i for b in bins for i in b)
-    if packed != list(range(len(train.rows))):
-        raise BenchFailed("chattune's packing plan does not hold every train row exactly once")
-    bin_tokens = [sum(len(train.rows[i]["input_ids"]) for i in b) for b in bins]
     m = report.metrics()
     splits = ("train", "validation", "test")
     return {
         **mem,
-        "seconds": t2 - t0,
-        "preprocess_s": t1 - t0,
-        "pack_s": t2 - t1,
-        "preprocess_peak_rss_mb": rss_preprocess,
+        "seconds": seconds,
         "tree_peak_rss_mb": tree.peak_mb,
         "conversations_kept": int(sum(m[f"{s}_rows"] for s in splits)),
         "tokens": int(sum(m[f"{s}_tokens"] for s in splits)),
         "label_tokens": int(sum(m[f"{s}_label_tokens"] for s in splits)),
+        "train_label_tokens": int(m["train_label_tokens"]),
         "truncated": int(m["truncated_rows"]),
         "dropped": {k: d.count for k, d in report.dropped.items()},
         "rows": {s: int(m[f"{s}_rows"]) for s in splits},
+    }
+
+
+def _child_pack(spec: dict[str, Any]) -> dict[str, Any]:
+    """What the finetune step does with the parquet before its first batch: read the train and
+    validation splits and plan the packed bins (`chattune.train.finetune._datasets`)."""
+    from chattune.train.finetune import FinetuneConfig, _datasets
+    from chattune.train.params import FinetuneParams
+
+    prep = Path(spec["prep_dir"])
+    cfg = FinetuneConfig(
+        model_dir=Path(spec["model_dir"]),
+        data_dir=prep,
+        output_dir=prep / "finetune",
+        params=FinetuneParams(
+            per_device_train_batch_size=spec["batch_size"],
+            per_device_eval_batch_size=spec["batch_size"],
+            max_seq_length=spec["max_seq_length"],
+            seed=spec["seed"],
+        ),
+        lora_target_modules=[],
+        max_seq_length=spec["max_seq_length"],
+    )
+    with TreeRSS() as tree:
+        t0, cpu0 = time.perf_counter(), cpu_seconds()
+        train, val, _collator, _per_step = _datasets(cfg)
+        seconds = time.perf_counter() - t0
+    mem = _memory(cpu0)
+    bins = train.bins
+    if sorted(i for b in bins for i in b) != list(range(len(train.rows))):
+        raise BenchFailed("chattune's packing plan does not hold every train row exactly once")
+    bin_tokens = [sum(len(train.rows[i]["input_ids"]) for i in b) for b in bins]
+    return {
+        **mem,
+        "seconds": seconds,
+        "tree_peak_rss_mb": tree.peak_mb,
+        "train_rows": len(train.rows),
         "train_bins": len(bins),
         "validation_bins": len(val),
         "max_bin_tokens": max(bin_tokens, default=0),
         "bin_capacity": spec["batch_size"] * spec["max_seq_length"],
-        "train_label_tokens": int(m["train_label_tokens"]),
     }
 
 
@@ -293,11 +305,17 @@ def _child_trl(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def child_main(step: str, spec_path: Path) -> None:
-    """Run one step (`convert`, `prepare` or `trl`) as `spec_path` says; write its result."""
+    """Run one step (`convert`, `preprocess`, `pack` or `trl`) as `spec_path` says; write its
+    result."""
     spec = json.loads(spec_path.read_text())
     # the Rust tokenizer's thread pool: as many threads as TRL gets processes
     os.environ["RAYON_NUM_THREADS"] = str(spec["num_proc"])
-    steps = {"convert": _child_convert, "prepare": _child_prepare, "trl": _child_trl}
+    steps = {
+        "convert": _child_convert,
+        "preprocess": _child_preprocess,
+        "pack": _child_pack,
+        "trl": _child_trl,
+    }
     if step not in steps:
         raise BenchFailed(f"unknown step {step!r}; known: {', '.join(steps)}")
     out = steps[step](spec)
@@ -325,22 +343,22 @@ def _step(name: str, spec: dict[str, Any], d: Path) -> dict[str, Any]:
 
 
 def run_chattune(spec: dict[str, Any], d: Path) -> dict[str, Any]:
-    """Convert, then preprocess + packing plan, each in its own process; one record."""
-    convert = _step("convert", spec, d)
-    prepare = _step("prepare", spec, d)
-    seconds = convert["seconds"] + prepare["seconds"]
+    """Convert, preprocess and the packing plan, each in its own process (as in a job: the
+    CLI, the preprocess step, the finetune step); one record."""
+    steps = {name: _step(name, spec, d) for name in CHATTUNE_STEPS}
+    seconds = sum(r["seconds"] for r in steps.values())
+    prep = steps["preprocess"]
     return {
         "contender": "chattune",
         "seconds": seconds,
         "conv_s": spec["conversations"] / seconds,
-        "cpu_s": convert["cpu_s"] + prepare["cpu_s"],
-        "peak_rss_mb": max(convert["peak_rss_mb"], prepare["peak_rss_mb"]),
-        "tree_peak_rss_mb": max(convert["tree_peak_rss_mb"], prepare["tree_peak_rss_mb"]),
-        "conversations_kept": prepare["conversations_kept"],
-        "tokens": prepare["tokens"],
-        "label_tokens": prepare["label_tokens"],
-        "convert": convert,
-        "prepare": prepare,
+        "cpu_s": sum(r["cpu_s"] for r in steps.values()),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in steps.values()),
+        "tree_peak_rss_mb": max(r["tree_peak_rss_mb"] for r in steps.values()),
+        "conversations_kept": prep["conversations_kept"],
+        "tokens": prep["tokens"],
+        "label_tokens": prep["label_tokens"],
+        **steps,
     }
 
 
@@ -365,7 +383,7 @@ def check_pair(n: int, max_len: int, ct: dict[str, Any], trl: dict[str, Any] | N
     """Problems in one repeat: rows lost without a reason, token counts that disagree beyond
     what the drops explain, no labels, bins over their capacity."""
     problems = []
-    prep = ct["prepare"]
+    prep, pack = ct["preprocess"], ct["pack"]
     if ct["convert"]["rows_written"] != n:
         problems.append(f"chattune convert wrote {ct['convert']['rows_written']} of {n} rows")
     dropped = sum(prep["dropped"].values())
@@ -375,8 +393,10 @@ def check_pair(n: int, max_len: int, ct: dict[str, Any], trl: dict[str, Any] | N
         )
     if not 0 < prep["label_tokens"] < prep["tokens"] or prep["train_label_tokens"] <= 0:
         problems.append(f"chattune labels: {prep['label_tokens']} of {prep['tokens']} tokens")
-    if prep["max_bin_tokens"] > prep["bin_capacity"]:
-        problems.append(f"chattune bin of {prep['max_bin_tokens']} > {prep['bin_capacity']}")
+    if pack["max_bin_tokens"] > pack["bin_capacity"]:
+        problems.append(f"chattune bin of {pack['max_bin_tokens']} > {pack['bin_capacity']}")
+    if pack["train_rows"] != prep["rows"]["train"]:
+        problems.append(f"chattune packed {pack['train_rows']} of {prep['rows']['train']} rows")
     if trl is None:
         return problems
     t = trl["trl"]
@@ -421,15 +441,16 @@ def summarize(runs: list[dict[str, Any]], names: list[str]) -> dict[str, dict[st
             "repeats_ok": len(mine),
         }
         if name == "chattune":
-            n = mine[0]["prepare"]["conversations_in"] if mine else 0
-            for part, key in (("convert", "seconds"), ("preprocess", "preprocess_s")):
-                src = "convert" if part == "convert" else "prepare"
-                s[f"{part}_conv_s"] = median([n / r[src][key] for r in mine])
-            s["pack_s"] = median([r["prepare"]["pack_s"] for r in mine])
-            s["preprocess_peak_rss_mb"] = median(
-                [r["prepare"]["preprocess_peak_rss_mb"] for r in mine]
-            )
-            s["convert_peak_rss_mb"] = median([r["convert"]["peak_rss_mb"] for r in mine])
+            n = mine[0]["preprocess"]["conversations_in"] if mine else 0
+            s["steps"] = {
+                step: {
+                    "seconds": median([r[step]["seconds"] for r in mine]),
+                    "conv_s": median([n / r[step]["seconds"] for r in mine]),
+                    "cpu_s": median([r[step]["cpu_s"] for r in mine]),
+                    "peak_rss_mb": median([r[step]["peak_rss_mb"] for r in mine]),
+                }
+                for step in CHATTUNE_STEPS
+            }
             ratios = [
                 r["conv_s"] / b["conv_s"]
                 for r in mine
@@ -456,14 +477,14 @@ def table(summary: dict[str, dict[str, float]]) -> str:
             f"{s['conversations_kept']:,.0f} | {s['tokens']:,.0f} | {s['label_tokens']:,.0f} |"
         )
     if "chattune" in summary:
-        c = summary["chattune"]
         lines.append("")
-        lines.append(
-            f"chattune by step: convert {c['convert_conv_s']:,.0f} conv/s "
-            f"(peak RSS {c['convert_peak_rss_mb']:,.0f} MB), preprocess "
-            f"{c['preprocess_conv_s']:,.0f} conv/s (peak RSS {c['preprocess_peak_rss_mb']:,.0f} "
-            f"MB), load + packing plan {c['pack_s']:.1f} s"
-        )
+        lines.append("| chattune step | conversations/s | seconds | CPU s | peak RSS MB |")
+        lines.append("| --- | ---: | ---: | ---: | ---: |")
+        for step, st in summary["chattune"]["steps"].items():
+            lines.append(
+                f"| {step} | {st['conv_s']:,.0f} | {st['seconds']:.1f} | {st['cpu_s']:.1f} | "
+                f"{st['peak_rss_mb']:,.0f} |"
+            )
     return "\n".join(lines)
 
 
