@@ -160,8 +160,16 @@ def list_cmd(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
 
 @app.command()
 def cancel(name: str, workspace: WorkspaceOpt = None) -> None:
-    """Cancel a job: finetune saves a checkpoint first, so `job resume` loses nothing."""
-    job = cancel_job(open_workspace(workspace), name)
+    """Cancel a job: finetune saves a checkpoint first, so `job resume` loses nothing.
+
+    A job that already ended is left as it is (exit code 0).
+    """
+    ws = open_workspace(workspace)
+    job = get_job(ws, name)
+    if job.finished:
+        console.print(f"job {name} already ended ({job.status}): nothing to cancel.")
+        return
+    job = cancel_job(ws, name)
     console.print(f"job {name}: {job.status}")
 
 

@@ -76,6 +76,10 @@ def ui(
         host,
         "--port",
         str(port),
+        # one user, one machine: mlflow's default of 4 workers doubles the start-up (15 s of
+        # CPU each) on a 2-core machine and serves no one faster
+        "--workers",
+        "1",
     ]
     print(f"MLflow UI on http://{host}:{port} (tracking store {ws.mlflow_tracking_uri})")
     raise typer.Exit(subprocess.call(cmd))
