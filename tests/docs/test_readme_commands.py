@@ -105,7 +105,7 @@ EXPECT: dict[str, tuple[int, tuple[str, ...]]] = {
     ),
     "chattune deployment create": (0, ("deployment demo is ready",)),
     "chattune endpoint invoke": (0, ('"output"',)),
-    "chattune up": (0, ("every endpoint is already running",)),
+    "chattune up": (0, ("no endpoints in this workspace",)),
 }
 ENDPOINT = "chat-ep"
 

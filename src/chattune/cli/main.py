@@ -50,7 +50,10 @@ def up(
         states = ", ".join(f"{d.name} {d.state}" for d in list_deployments(ws, ep.name))
         print(f"endpoint {ep.name} up on {ep.scoring_uri} ({states or 'no deployments'})")
     if not started:
-        print("every endpoint is already running")
+        from chattune.serving.endpoints import list_endpoints
+
+        known = list_endpoints(ws)
+        print("every endpoint is already running" if known else "no endpoints in this workspace")
 
 
 @app.command()

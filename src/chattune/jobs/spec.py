@@ -88,7 +88,7 @@ def load_job_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidParameter(
             f"job file {path} must be a YAML mapping (model:, train_file:, parameters: ...).",
-            fix="see examples/job.yaml.",
+            fix="see the job.yaml example in README.md (section 5).",
         )
     for key in ("train_file", "validation_file", "test_file"):
         if data.get(key) and not Path(data[key]).is_absolute():
