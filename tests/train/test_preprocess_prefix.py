@@ -150,3 +150,14 @@ def test_a_prefix_stands_for_the_text_only_when_it_decides_the_first_tokens() ->
     # labels, but none among the first `limit` tokens: a dropped row, reported from the text
     assert _label_prefix(_Enc(20), text, 20, [(12, 15)], limit=10) is None
     assert _label_prefix(_Enc(20), text, 20, [], limit=10) is None
+
+
+def test_direct_rendering_equals_transformers_rendering(model_dir: Path) -> None:
+    enc = ChatEncoder(AutoTokenizer.from_pretrained(model_dir))
+    assert enc._direct is not None
+    system = {"role": "system", "content": "Be brief. {{ not jinja }} <b>ok</b>"}
+    convs = [*conversations(enc.boundary), [system, *long_conv(3, 2)]]
+    assert [enc._direct(c) for c in convs] == [enc.render(c) for c in convs]
+    # a batch holding a message that is not plain strings goes through transformers
+    odd = [{"role": "user", "content": "hi", "name": "x"}, {"role": "assistant", "content": "yo"}]
+    assert enc._render_all([*convs[:2], odd], None) == [enc.render(c) for c in (*convs[:2], odd)]
