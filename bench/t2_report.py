@@ -141,7 +141,7 @@ def agreement(
         "probe": compare,
         "probe_texts": {n: t[0] for n, t in probes.items()},
         "load_vs_reference": load,
-        "summary": (f"vs {ref_name}: " + ", ".join(words)) if words else "none",
+        "summary": (f"vs {ref_name}: " + ", ".join(words)) if words else "one contender: none",
         "problems": problems,
     }
 
@@ -216,6 +216,7 @@ def plot_sweep(
         ax.set_xticks(concurrencies, [str(c) for c in concurrencies])
         ax.set_xlabel("concurrent requests")
         ax.set_ylabel(label)
+        ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
         ax.legend()
     fig.suptitle(f"T2 serving: {title}")

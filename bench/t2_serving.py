@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import sys
 import tempfile
@@ -295,6 +296,14 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     print(f"model {model_dir}\ndata {a.data_dir}\nwork {work}", flush=True)
     h = Harness(a, model_dir, work)
+    load_start = os.getloadavg()
+    if load_start[0] > 0.5 * (os.cpu_count() or 1):
+        print(
+            f"WARNING: load average {load_start[0]:.1f} on {os.cpu_count()} cores: other "
+            "processes share the CPU, so these timings are not results (oversubscribed "
+            "OpenMP threads slow a decode step by 10x or more)",
+            flush=True,
+        )
     runs: list[dict[str, Any]] = []
     problems: list[str] = []
     for rep in range(a.repeats):
@@ -314,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "T2 serving sweep" if a.sweep else "T2 serving",
         "started": started.isoformat(),
         "finished": datetime.now(UTC).isoformat(),
+        "load_average_start": load_start,
+        "load_average_end": os.getloadavg(),
         "machine": machine_record(),
         "versions": _versions(),
         "settings": _settings(a, model_dir, names),
