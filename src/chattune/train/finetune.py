@@ -144,7 +144,7 @@ def _deepspeed_config(cfg: FinetuneConfig, cuda: bool) -> str | None:
 class _PackedDataset:
     """Bins of conversations; item i is the list of examples packed into batch i."""
 
-    def __init__(self, rows: list[dict[str, list[int]]], bins: list[list[int]]) -> None:
+    def __init__(self, rows: _Rows, bins: list[list[int]]) -> None:
         self.rows, self.bins = rows, bins
 
     def __len__(self) -> int:
@@ -154,16 +154,33 @@ class _PackedDataset:
         return [self.rows[j] for j in self.bins[i]]
 
 
-def _load_rows(path: Path) -> list[dict[str, list[int]]]:
-    import pyarrow.parquet as pq
+class _Rows:
+    """The tokenized rows of a split, kept as arrow columns: 4 bytes a token, where Python
+    lists of ints take about 36 (200k conversations: 0.5 GB instead of 4). Row i becomes
+    `{"input_ids": [...], "labels": [...]}` when a batch asks for it."""
 
-    table = pq.read_table(path, columns=["input_ids", "labels"])
-    return [
-        {"input_ids": ids, "labels": labels}
-        for ids, labels in zip(
-            table.column("input_ids").to_pylist(), table.column("labels").to_pylist(), strict=True
-        )
-    ]
+    def __init__(self, path: Path) -> None:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path, columns=["input_ids", "labels"])
+        self._ids = table.column("input_ids").combine_chunks()
+        self._labels = table.column("labels").combine_chunks()
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        return {"input_ids": self._ids[i].as_py(), "labels": self._labels[i].as_py()}
+
+    def lengths(self) -> list[int]:
+        """Tokens per row, without making the rows."""
+        import pyarrow.compute as pc
+
+        return pc.list_value_length(self._ids).to_pylist()
+
+
+def _load_rows(path: Path) -> _Rows:
+    return _Rows(path)
 
 
 def _datasets(cfg: FinetuneConfig):
@@ -176,9 +193,10 @@ def _datasets(cfg: FinetuneConfig):
     if not p.packing:
         return train, val, PaddedCollator(pad_token_id=0), p.per_device_train_batch_size
 
-    def packed(rows: list[dict[str, list[int]]], batch: int) -> _PackedDataset:
-        lengths = [len(r["input_ids"]) for r in rows]
-        return _PackedDataset(rows, pack_batches(lengths, batch * cfg.max_seq_length, p.seed))
+    def packed(rows: _Rows, batch: int) -> _PackedDataset:
+        return _PackedDataset(
+            rows, pack_batches(rows.lengths(), batch * cfg.max_seq_length, p.seed)
+        )
 
     collator = _FlattenBins(
         PackedCollator(
