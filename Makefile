@@ -40,3 +40,8 @@ bench-t1: $(STAMP)
 .PHONY: bench-t2
 bench-t2: $(STAMP)
 	$(PY) bench/t2_serving.py $(BENCH_ARGS)
+
+# T3 data benchmark (issue 6, bench/README.md); smoke run: make bench-t3 BENCH_ARGS="--conversations 2000 --repeats 1"
+.PHONY: bench-t3
+bench-t3: $(STAMP)
+	$(PY) bench/t3_data.py $(BENCH_ARGS)

@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import random
 import resource
@@ -470,7 +471,7 @@ def table(summary: dict[str, dict[str, float]]) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, s in summary.items():
-        ratio = f"{s['ratio_vs_trl']:.2f}" if "ratio_vs_trl" in s else ""
+        ratio = f"{s['ratio_vs_trl']:.2f}" if math.isfinite(s.get("ratio_vs_trl", math.nan)) else ""
         lines.append(
             f"| {name} | {s['conv_s']:,.0f} | {s['seconds']:.1f} | {ratio} | {s['cpu_s']:.1f} | "
             f"{s['peak_rss_mb']:,.0f} | {s['tree_peak_rss_mb']:,.0f} | "
@@ -497,7 +498,7 @@ def targets(summary: dict[str, dict[str, float]]) -> dict[str, Any]:
     return {
         "rate_ratio": c.get("ratio_vs_trl"),
         "rate_target": RATE_TARGET,
-        "rate_met": bool(c.get("ratio_vs_trl", 0) >= RATE_TARGET),
+        "rate_met": bool(c.get("ratio_vs_trl", math.nan) >= RATE_TARGET),
         "peak_rss_mb": rss,
         "rss_target_mb": RSS_TARGET_MB,
         "rss_met": rss < RSS_TARGET_MB,
@@ -536,6 +537,13 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--conversations must be at least 100 (preprocess needs 10 training rows)")
 
     model_dir = (a.model_dir or _default_model_dir()).resolve()
+    load_start = os.getloadavg()
+    if load_start[0] > 0.5 * (os.cpu_count() or 1):
+        print(
+            f"warning: load average {load_start[0]:.1f} on {os.cpu_count()} CPUs: other "
+            "processes share the CPU, the timings are not a result",
+            file=sys.stderr,
+        )
     started = datetime.now(UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     root = a.work_dir.resolve()
@@ -605,6 +613,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "T3 data",
         "started": started.isoformat(),
         "finished": datetime.now(UTC).isoformat(),
+        "load_average_start": load_start,
+        "load_average_end": os.getloadavg(),
         "machine": machine_record(),
         "versions": versions(),
         "settings": settings,
