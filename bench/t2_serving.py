@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -306,16 +307,22 @@ def main(argv: list[str] | None = None) -> int:
         )
     runs: list[dict[str, Any]] = []
     problems: list[str] = []
-    for rep in range(a.repeats):
-        flip = rep % 2 == 1
-        for name in names[::-1] if flip else names:
-            levels = a.concurrency[::-1] if flip else a.concurrency
-            print(f"repeat {rep + 1}/{a.repeats}: {name} (concurrency {levels})", flush=True)
-            try:
-                runs.append(h.run_contender(name, rep, levels))
-            except BenchFailed as exc:
-                print(f"  FAILED: {exc}", flush=True)
-                problems.append(f"repeat {rep + 1}: {exc}")
+    try:
+        for rep in range(a.repeats):
+            flip = rep % 2 == 1
+            for name in names[::-1] if flip else names:
+                levels = a.concurrency[::-1] if flip else a.concurrency
+                print(f"repeat {rep + 1}/{a.repeats}: {name} (concurrency {levels})", flush=True)
+                try:
+                    runs.append(h.run_contender(name, rep, levels))
+                except BenchFailed as exc:
+                    print(f"  FAILED: {exc}", flush=True)
+                    problems.append(f"repeat {rep + 1}: {exc}")
+    finally:
+        # the workspace holds a copy of the checkpoint (hundreds of MB); kept after a failure
+        # for its logs (endpoints/<name>/supervisor.log and the instance logs)
+        if not problems and sys.exc_info()[0] is None:
+            shutil.rmtree(work / "chattune_home", ignore_errors=True)
     summary = summarize_runs(runs, names, a.concurrency)
     agree = agreement(runs, names, a.agree_tokens, h.count_tokens, h.tokenizer)
     problems += agree.pop("problems")
