@@ -1,13 +1,14 @@
 # `make test` and `make demo` work on a fresh clone: they create .venv when missing,
 # install torch 2.13.0 first (the CPU build on this machine's disk; a bare `torch`
 # requirement would pull a multi-GB CUDA build), then the project and its extras.
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.chattune-installed
 DEMO_DIR ?= .demo
 
-.PHONY: test demo lint clean-demo
+.PHONY: test demo lint clean-demo bench bench-inputs
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,3 +46,22 @@ bench-t2: $(STAMP)
 .PHONY: bench-t3
 bench-t3: $(STAMP)
 	$(PY) bench/t3_data.py $(BENCH_ARGS)
+
+# The whole suite (issue 6, BENCHMARKS.md): T1 contenders, T1 fast paths + scaling + profile,
+# T2 serving, T3 data; the decode profile. About 30 minutes on the 2-core dev machine; the
+# output goes to bench/results/ (JSON, PNG) and bench/profiles/, the log to bench/results/.
+BENCH_WS := $(DEMO_DIR)/workspace
+bench-inputs: $(STAMP)
+	CHATTUNE_HOME=$(BENCH_WS) $(VENV)/bin/chattune model import SmolLM2-135M-Instruct
+	test -f $(DEMO_DIR)/chitchat_dataset/test_gen.jsonl || CHATTUNE_HOME=$(BENCH_WS) \
+		$(VENV)/bin/chattune data download --dataset chitchat --download-dir $(DEMO_DIR)/chitchat_dataset --split-pc 5
+
+bench: bench-inputs
+	mkdir -p bench/results
+	set -o pipefail; ( \
+	  $(PY) bench/t1_training.py --steps 3 --repeats 3 && \
+	  $(PY) bench/t1_fastpaths.py --steps 2 --lengths 128,512,2048 && \
+	  $(PY) bench/t2_serving.py && \
+	  $(PY) bench/t3_data.py && \
+	  $(PY) bench/profile_decode.py --requests 16 --max-new-tokens 32 \
+	) 2>&1 | tee bench/results/bench-$$(date -u +%Y%m%dT%H%M%SZ).log

@@ -87,7 +87,10 @@ def _held_out_loss(model: Any, rows: list[dict[str, list[int]]]) -> float:
             n = int((labels[:, 1:] != -100).sum())
             if n == 0:
                 continue
-            out = model(input_ids=ids, labels=labels, use_cache=False)
+            # one sequence: its boundaries, for chattune's per-conversation attention
+            cu = torch.tensor([0, ids.shape[1]], dtype=torch.int32)
+            bounds = {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu}
+            out = model(input_ids=ids, labels=labels, use_cache=False, **bounds)
             total += float(out.loss) * n
             count += n
     model.train(was_training)

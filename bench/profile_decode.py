@@ -1,0 +1,81 @@
+"""Profile chattune's serving engine: where a continuous-batching decode step's time goes.
+
+Loads SmolLM2-135M-Instruct as the model server does, submits `--requests` greedy chat
+requests at once (so they decode together, `--max-new-tokens` each) to `serving.engine.Engine`,
+and records torch.profiler's operator table over the whole run (the engine's own thread
+included) to bench/profiles/decode_engine.txt, with the tokens/s of the run.
+
+    .venv/bin/python bench/profile_decode.py --requests 16 --max-new-tokens 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+from t1_training import _default_model_dir  # noqa: E402
+
+
+def prompts(data_dir: Path, n: int) -> list[list[dict[str, str]]]:
+    """First user turn of each test_gen conversation, cycled to `n`."""
+    rows = [json.loads(x) for x in (data_dir / "test_gen.jsonl").read_text().splitlines() if x]
+    firsts = [[m for m in r["messages"] if m["role"] == "user"][:1] for r in rows]
+    return [firsts[i % len(firsts)] for i in range(n)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--requests", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--model-dir", type=Path)
+    ap.add_argument("--data-dir", type=Path, default=BENCH.parent / ".demo" / "chitchat_dataset")
+    ap.add_argument("--out", type=Path, default=BENCH / "profiles" / "decode_engine.txt")
+    a = ap.parse_args(argv)
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from chattune.serving.engine import Engine, SamplingParams
+    from chattune.serving.loader import (
+        load_model,
+        load_tokenizer,
+        resolve_checkpoint,
+        serving_dtype,
+    )
+
+    ckpt = resolve_checkpoint((a.model_dir or _default_model_dir()).resolve())
+    tok = load_tokenizer(ckpt)
+    device = torch.device("cpu")
+    model, adapters = load_model(ckpt, device=device, dtype=serving_dtype(device))
+    engine = Engine(model, tok, adapters=adapters, max_batch_size=max(16, a.requests))
+    ids = [
+        tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False)
+        for m in prompts(a.data_dir, a.requests)
+    ]
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in ids]
+    params = SamplingParams(max_new_tokens=a.max_new_tokens)
+    engine.submit(ids[0], params).text()  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        handles = [engine.submit(x, params) for x in ids]
+        n = sum(len(tok(h.text(), add_special_tokens=False)["input_ids"]) for h in handles)
+        wall = time.perf_counter() - t0
+    engine.stop()
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)
+    head = f"{a.requests} requests x {a.max_new_tokens} new tokens: {n} tokens in {wall:.1f} s "
+    head += f"= {n / wall:.1f} tok/s (profiler on)\n"
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(head + table + "\n")
+    print(head + table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""T1 fast paths on and off, the sequence-length scaling, and a profile of the training step.
+
+One process loads SmolLM2-135M-Instruct with LoRA r=16 on every linear layer once and runs
+LoRA training steps (forward, backward, AdamW) on packed batches of `--tokens` tokens,
+switching the fast paths between steps, so every variant sees the same model, data and
+machine state; variants alternate step by step and the median step counts:
+
+  baseline          transformers' sdpa with the block-diagonal mask it builds from the packed
+                    position_ids, logits and cross-entropy over every position
+  packed_attention  chattune's attention per packed conversation (train/attention.py)
+  supervised_logits only the positions whose next token is a label go through the lm_head
+  chattune          both (the default of `chattune job create` with packing)
+
+Scaling: the same `--tokens` per batch cut into sequences of 128 .. 2048 tokens (from the
+tokenized chitchat stream, assistant labels kept), for `baseline` and `chattune`: how the
+cost per token grows with the sequence length. Written as JSON and a PNG.
+
+Profile: torch.profiler's operator table of one `chattune` step and one `baseline` step,
+to bench/profiles/.
+
+    .venv/bin/python bench/t1_fastpaths.py --steps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+from common import machine_record, matmul_gflops, peak_rss_mb, versions, write_json  # noqa: E402
+from t1_training import LORA_TARGETS, _default_model_dir, _prepare  # noqa: E402
+
+IGNORE = -100
+VARIANTS = {  # name: (packed attention, supervised logits)
+    "baseline": (False, False),
+    "packed_attention": (True, False),
+    "supervised_logits": (False, True),
+    "chattune": (True, True),
+}
+LENGTHS = (128, 256, 512, 1024, 2048)
+
+
+def load_lora(model_dir: Path) -> Any:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from chattune.train.attention import register
+
+    register()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    cfg = LoraConfig(
+        r=16, lora_alpha=32, lora_dropout=0.0, target_modules=LORA_TARGETS, task_type="CAUSAL_LM"
+    )
+    return get_peft_model(model, cfg).train()
+
+
+def rows(prep: Path) -> list[dict[str, list[int]]]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(prep / "train.parquet", columns=["input_ids", "labels"]).to_pylist()
+
+
+def packed_batch(examples: list[dict[str, list[int]]], fast_logits: bool) -> dict[str, Any]:
+    from chattune.train.packing import PackedCollator
+
+    return PackedCollator(flash_attn_kwargs=True, supervised_logits=fast_logits)(examples)
+
+
+def conversations_bin(data: list[dict[str, list[int]]], tokens: int) -> list[dict]:
+    """The first bin chattune's packer makes of the data: conversations as they are."""
+    from chattune.train.packing import pack_batches
+
+    bins = pack_batches([len(r["input_ids"]) for r in data], tokens, 42)
+    return [data[i] for i in bins[0]]
+
+
+def fixed_length_bin(data: list[dict[str, list[int]]], tokens: int, length: int) -> list[dict]:
+    """`tokens // length` sequences of exactly `length` tokens cut from the data stream."""
+    ids = [t for r in data for t in r["input_ids"]]
+    labels = [t for r in data for t in r["labels"]]
+    while len(ids) < tokens:
+        ids, labels = ids + ids, labels + labels
+    return [
+        {"input_ids": ids[a : a + length], "labels": labels[a : a + length]}
+        for a in range(0, tokens - length + 1, length)
+    ]
+
+
+def train_step(model: Any, opt: Any, batch: dict[str, Any], packed_attention: bool) -> dict:
+    """One optimizer step; wall and process CPU seconds (steadier on a shared machine)."""
+    model.base_model.model.config._attn_implementation = (
+        "chattune_packed" if packed_attention else "sdpa"
+    )
+    b = dict(batch)
+    if not packed_attention:  # sdpa builds the block mask from position_ids
+        for k in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k"):
+            b.pop(k, None)
+    w0, c0 = time.perf_counter(), time.process_time()
+    loss = model(**b).loss
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return {
+        "wall_s": time.perf_counter() - w0,
+        "cpu_s": time.process_time() - c0,
+        "loss": float(loss.detach()),
+    }
+
+
+def alternate(model: Any, opt: Any, batches: dict[str, tuple], steps: int) -> dict[str, dict]:
+    """Run `steps` rounds; each round one step of every variant, order reversed every round.
+    A warm-up round first (not counted)."""
+    out: dict[str, list[dict]] = {name: [] for name in batches}
+    names = list(batches)
+    for rnd in range(steps + 1):
+        for name in names if rnd % 2 == 0 else names[::-1]:
+            batch, attn = batches[name]
+            r = train_step(model, opt, batch, attn)
+            if rnd:
+                out[name].append(r)
+    tokens = {name: b["input_ids"].numel() for name, (b, _) in batches.items()}
+    sup = {name: int((b["labels"][0, 1:] != IGNORE).sum()) for name, (b, _) in batches.items()}
+    return {
+        name: {
+            "tokens": tokens[name],
+            "supervised_tokens": sup[name],
+            "median_wall_s": statistics.median(r["wall_s"] for r in rs),
+            "median_cpu_s": statistics.median(r["cpu_s"] for r in rs),
+            "tok_s": tokens[name] / statistics.median(r["wall_s"] for r in rs),
+            "steps": rs,
+        }
+        for name, rs in out.items()
+    }
+
+
+def profile_step(model: Any, opt: Any, batch: dict[str, Any], attn: bool, path: Path) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        train_step(model, opt, batch, attn)
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(table + "\n")
+
+
+def plot(scaling: dict[str, dict[int, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, by_len in scaling.items():
+        ax.plot(list(by_len), list(by_len.values()), marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("sequence length (tokens), same tokens per batch")
+    ax.set_ylabel("training tokens/s")
+    ax.set_title("T1: SmolLM2-135M LoRA step vs sequence length")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per variant (median)")
+    ap.add_argument("--tokens", type=int, default=2048, help="tokens per packed batch")
+    ap.add_argument("--model-dir", type=Path)
+    ap.add_argument("--data-dir", type=Path, default=BENCH.parent / ".demo" / "chitchat_dataset")
+    ap.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
+    ap.add_argument("--no-scaling", action="store_true")
+    ap.add_argument("--results-dir", type=Path, default=BENCH / "results")
+    ap.add_argument("--work-dir", type=Path, default=Path("/tmp/chattune-bench"))
+    a = ap.parse_args(argv)
+
+    import torch
+
+    model_dir = (a.model_dir or _default_model_dir()).resolve()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    prep, _ = _prepare(model_dir, a.data_dir.resolve(), 512, a.work_dir / f"t1f-{stamp}")
+    data = rows(prep)
+    model = load_lora(model_dir)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    fp32 = matmul_gflops("float32")
+
+    conv = conversations_bin(data, a.tokens)
+    batches = {
+        name: (packed_batch(conv, logits), attn) for name, (attn, logits) in VARIANTS.items()
+    }
+    print(f"fast paths: {len(conv)} conversations, {a.tokens} tokens per batch", flush=True)
+    fast = alternate(model, opt, batches, a.steps)
+    base = fast["baseline"]["median_wall_s"]
+    for name, r in fast.items():
+        r["speedup_vs_baseline"] = base / r["median_wall_s"]
+        print(
+            f"  {name:<18} {r['median_wall_s']:6.2f} s/step  {r['tok_s']:7.1f} tok/s  "
+            f"x{r['speedup_vs_baseline']:.2f}",
+            flush=True,
+        )
+    profiles = BENCH / "profiles"
+    profile_step(model, opt, batches["chattune"][0], True, profiles / "train_step_chattune.txt")
+    profile_step(model, opt, batches["baseline"][0], False, profiles / "train_step_baseline.txt")
+
+    scaling: dict[str, dict[int, float]] = {"baseline": {}, "chattune": {}}
+    if not a.no_scaling:
+        for length in (int(x) for x in a.lengths.split(",")):
+            exs = fixed_length_bin(data, a.tokens, length)
+            pair = {
+                "baseline": (packed_batch(exs, False), False),
+                "chattune": (packed_batch(exs, True), True),
+            }
+            res = alternate(model, opt, pair, max(1, a.steps - 1))
+            for name, r in res.items():
+                scaling[name][length] = r["tok_s"]
+            print(
+                f"  length {length:>5}: baseline {res['baseline']['tok_s']:7.1f} tok/s, "
+                f"chattune {res['chattune']['tok_s']:7.1f} tok/s",
+                flush=True,
+            )
+    a.results_dir.mkdir(parents=True, exist_ok=True)
+    png = a.results_dir / "t1-scaling.png"
+    if scaling["chattune"]:
+        plot(scaling, png)
+    out = a.results_dir / f"t1f-{stamp}.json"
+    write_json(
+        out,
+        {
+            "benchmark": "T1 fast paths and scaling",
+            "machine": machine_record(),
+            "versions": versions(),
+            "settings": {"steps": a.steps, "tokens": a.tokens, "model_dir": str(model_dir)},
+            "fp32_matmul_gflops": fp32,
+            "fast_paths": fast,
+            "scaling_tok_s": scaling,
+            "peak_rss_mb": peak_rss_mb(),
+        },
+    )
+    print(f"results: {out}" + (f", plot {png}" if scaling["chattune"] else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
