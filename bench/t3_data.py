@@ -1,6 +1,6 @@
 """T3 data benchmark (issue 6): chattune's data path against TRL's dataset preparation.
 
-The data: `--conversations` (default 50,000; the issue's size is 200,000) conversations drawn
+The data: `--conversations` (default 25,000; the issue's size is 200,000) conversations drawn
 with replacement, seeded, from the whole chitchat corpus (`chattune.data.chitchat`, all four
 splits), written once as `{"messages": [...]}` JSON lines into the work folder and reused.
 
@@ -30,7 +30,7 @@ before the tokenizer or data are loaded) and peak RSS, per process: `ru_maxrss` 
 process itself and the sampled peak of the summed RSS of the process and its children (TRL's
 `num_proc` workers; shared pages counted once per process, so an upper bound).
 
-    .venv/bin/python bench/t3_data.py                              # 50k x 3 repeats
+    .venv/bin/python bench/t3_data.py                              # 25k x 3 repeats, ~5 min
     .venv/bin/python bench/t3_data.py --conversations 200000       # the issue's size
     .venv/bin/python bench/t3_data.py --conversations 5000 --repeats 1   # smoke
 """
@@ -508,7 +508,7 @@ def targets(summary: dict[str, dict[str, float]]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Run the T3 benchmark; write bench/results/t3-<timestamp>.json; print the table."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--conversations", type=int, default=50_000, help="200000: the issue's size")
+    ap.add_argument("--conversations", type=int, default=25_000, help="200000: the issue's size")
     ap.add_argument("--repeats", type=int, default=3, help="repeats; medians are reported")
     ap.add_argument("--seed", type=int, default=42, help="resampling and packing seed")
     ap.add_argument("--model-dir", type=Path, help=f"{MODEL_NAME} folder (default: demo's)")
