@@ -171,6 +171,11 @@ def _child_convert(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _child_preprocess(spec: dict[str, Any]) -> dict[str, Any]:
+    # imported before the timing, as the TRL child imports trl (and with it transformers and
+    # torch) before its own: imports are outside both timed sections (`process_wall_s` has
+    # them); run_preprocess would otherwise import them inside
+    from transformers import AutoTokenizer  # noqa: F401
+
     from chattune.train.preprocess import PreprocessConfig, run_preprocess
 
     train_file = Path(spec["convert_dir"]) / Path(spec["data_file"]).name
@@ -353,6 +358,7 @@ def run_chattune(spec: dict[str, Any], d: Path) -> dict[str, Any]:
         "contender": "chattune",
         "seconds": seconds,
         "conv_s": spec["conversations"] / seconds,
+        "process_wall_s": sum(r["process_wall_s"] for r in steps.values()),
         "cpu_s": sum(r["cpu_s"] for r in steps.values()),
         "peak_rss_mb": max(r["peak_rss_mb"] for r in steps.values()),
         "tree_peak_rss_mb": max(r["tree_peak_rss_mb"] for r in steps.values()),
@@ -370,6 +376,7 @@ def run_trl(spec: dict[str, Any], d: Path) -> dict[str, Any]:
         "contender": "trl",
         "seconds": res["seconds"],
         "conv_s": spec["conversations"] / res["seconds"],
+        "process_wall_s": res["process_wall_s"],
         "cpu_s": res["cpu_s"],
         "peak_rss_mb": res["peak_rss_mb"],
         "tree_peak_rss_mb": res["tree_peak_rss_mb"],
@@ -434,6 +441,7 @@ def summarize(runs: list[dict[str, Any]], names: list[str]) -> dict[str, dict[st
             "conv_s": median([r["conv_s"] for r in mine]),
             "seconds": median([r["seconds"] for r in mine]),
             "cpu_s": median([r["cpu_s"] for r in mine]),
+            "process_wall_s": median([r["process_wall_s"] for r in mine]),
             "peak_rss_mb": median([r["peak_rss_mb"] for r in mine]),
             "tree_peak_rss_mb": median([r["tree_peak_rss_mb"] for r in mine]),
             "conversations_kept": median([r["conversations_kept"] for r in mine]),

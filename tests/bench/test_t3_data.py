@@ -98,6 +98,7 @@ def test_ratio_is_taken_per_repeat_then_the_median(t3: Any) -> None:
             "conv_s": conv_s,
             "seconds": 1.0,
             "cpu_s": 1.0,
+            "process_wall_s": 2.0,
             "peak_rss_mb": 500.0,
             "tree_peak_rss_mb": 600.0,
             "conversations_kept": 10,
