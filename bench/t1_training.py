@@ -288,7 +288,7 @@ def _check(name: str, res: dict[str, Any]) -> list[str]:
     problems = []
     if not all(math.isfinite(x) for x in losses) or not math.isfinite(res["eval_loss"]):
         problems.append(f"{name}: non-finite loss (steps {losses}, eval {res['eval_loss']})")
-    elif len(losses) >= 4:
+    elif len(losses) >= 3:
         k = max(1, len(losses) // 4)
         first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
         if not last < first:
