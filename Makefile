@@ -47,21 +47,40 @@ bench-t2: $(STAMP)
 bench-t3: $(STAMP)
 	$(PY) bench/t3_data.py $(BENCH_ARGS)
 
-# The whole suite (issue 6, BENCHMARKS.md): T1 contenders, T1 fast paths + scaling + profile,
-# T2 serving, T3 data; the decode profile. About 30 minutes on the 2-core dev machine; the
-# output goes to bench/results/ (JSON, PNG) and bench/profiles/, the log to bench/results/.
+# The whole suite (issue 6, BENCHMARKS.md): T1 contenders, T1 fast paths + profile, T2
+# serving, T3 data (10k conversations), the decode profile; estimated at 30 minutes on the
+# 2-core dev machine. Output: bench/results/ (JSON, log), bench/profiles/.
+# bench-scaling: T1 against sequence length and T2 against concurrency, with PNG plots.
+# bench-full: the issue's full protocol (T2 64 requests per level, T3 200k conversations).
 BENCH_WS := $(DEMO_DIR)/workspace
+BENCH_LOG = 2>&1 | tee bench/results/$@-$$(date -u +%Y%m%dT%H%M%SZ).log
+.PHONY: bench-scaling bench-full
 bench-inputs: $(STAMP)
 	CHATTUNE_HOME=$(BENCH_WS) $(VENV)/bin/chattune model import SmolLM2-135M-Instruct
 	test -f $(DEMO_DIR)/chitchat_dataset/test_gen.jsonl || CHATTUNE_HOME=$(BENCH_WS) \
 		$(VENV)/bin/chattune data download --dataset chitchat --download-dir $(DEMO_DIR)/chitchat_dataset --split-pc 5
+	mkdir -p bench/results
 
 bench: bench-inputs
-	mkdir -p bench/results
 	set -o pipefail; ( \
 	  $(PY) bench/t1_training.py --steps 3 --repeats 3 && \
-	  $(PY) bench/t1_fastpaths.py --steps 2 --lengths 128,512,2048 && \
+	  $(PY) bench/t1_fastpaths.py --steps 2 --no-scaling && \
 	  $(PY) bench/t2_serving.py && \
-	  $(PY) bench/t3_data.py && \
+	  $(PY) bench/t3_data.py --conversations 10000 && \
 	  $(PY) bench/profile_decode.py --requests 16 --max-new-tokens 32 \
-	) 2>&1 | tee bench/results/bench-$$(date -u +%Y%m%dT%H%M%SZ).log
+	) $(BENCH_LOG)
+
+bench-scaling: bench-inputs
+	set -o pipefail; ( \
+	  $(PY) bench/t1_fastpaths.py --steps 2 --lengths 128,512,2048 && \
+	  $(PY) bench/t2_serving.py --sweep \
+	) $(BENCH_LOG)
+
+bench-full: bench-inputs
+	set -o pipefail; ( \
+	  $(PY) bench/t1_training.py --steps 8 --repeats 3 && \
+	  $(PY) bench/t1_fastpaths.py --steps 3 --lengths 128,256,512,1024,2048 && \
+	  $(PY) bench/t2_serving.py --requests 64 && \
+	  $(PY) bench/t2_serving.py --sweep && \
+	  $(PY) bench/t3_data.py --conversations 200000 \
+	) $(BENCH_LOG)

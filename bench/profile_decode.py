@@ -2,8 +2,9 @@
 
 Loads SmolLM2-135M-Instruct as the model server does, submits `--requests` greedy chat
 requests at once (so they decode together, `--max-new-tokens` each) to `serving.engine.Engine`,
-and records torch.profiler's operator table over the whole run (the engine's own thread
-included) to bench/profiles/decode_engine.txt, with the tokens/s of the run.
+and reports the run's tokens/s; then records torch.profiler's operator table of the same
+decode step made by hand (the engine's thread is not followed by the profiler) to
+bench/profiles/decode_engine.txt.
 
     .venv/bin/python bench/profile_decode.py --requests 16 --max-new-tokens 64
 """
@@ -62,15 +63,42 @@ def main(argv: list[str] | None = None) -> int:
     ids = [tok(t, add_special_tokens=False)["input_ids"] for t in ids]
     params = SamplingParams(max_new_tokens=a.max_new_tokens)
     engine.submit(ids[0], params).text()  # warm-up
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        t0 = time.perf_counter()
-        handles = [engine.submit(x, params) for x in ids]
-        n = sum(len(tok(h.text(), add_special_tokens=False)["input_ids"]) for h in handles)
-        wall = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    handles = [engine.submit(x, params) for x in ids]
+    n = sum(len(tok(h.text(), add_special_tokens=False)["input_ids"]) for h in handles)
+    wall = time.perf_counter() - t0
+    stats = engine.stats()
     engine.stop()
+    # The engine decodes on its own thread, which torch.profiler does not follow: profile
+    # the same decode step here, as the engine makes it (one DynamicCache for the batch,
+    # left padding, attention mask, position ids), at the run's batch size and prompt length.
+    from transformers import DynamicCache
+
+    batch = len(ids)
+    width = max(len(x) for x in ids)
+    prompt = torch.tensor([[0] * (width - len(x)) + x for x in ids])
+    mask = torch.arange(width)[None] >= (width - torch.tensor([len(x) for x in ids]))[:, None]
+    mask = mask.long()
+    with torch.inference_mode():
+        cache = DynamicCache()
+        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        model(input_ids=prompt, attention_mask=mask, position_ids=pos, cache=cache)
+        nxt = torch.zeros(batch, 1, dtype=torch.long)
+        steps = 8
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t1 = time.perf_counter()
+            for _ in range(steps):
+                mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
+                pos = mask.sum(dim=1, keepdim=True) - 1
+                model(input_ids=nxt, attention_mask=mask, position_ids=pos, cache=cache)
+            step_s = (time.perf_counter() - t1) / steps
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)
-    head = f"{a.requests} requests x {a.max_new_tokens} new tokens: {n} tokens in {wall:.1f} s "
-    head += f"= {n / wall:.1f} tok/s (profiler on)\n"
+    head = (
+        f"engine: {a.requests} requests x {a.max_new_tokens} new tokens submitted at once: "
+        f"{n} tokens in {wall:.1f} s = {n / wall:.1f} tok/s; engine stats {stats}\n"
+        f"profiled: {steps} decode steps at batch {batch}, prompts padded to {width} tokens: "
+        f"{1000 * step_s:.0f} ms per step (profiler on)\n"
+    )
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(head + table + "\n")
     print(head + table)

@@ -59,10 +59,10 @@ CONTENDERS = ("chattune", "transformers_serve", "mlflow_serve")
 EXTRA_VERSIONS = ("mlflow", "fastapi", "uvicorn", "httpx")
 # Requests per concurrency when --requests is not given: enough for the default run to fit
 # in about 12 minutes on an idle 2-core CPU (bench/README.md has the arithmetic).
-DEFAULT_REQUESTS = {1: 6, 4: 12, 16: 32}
+DEFAULT_REQUESTS = {1: 4, 4: 8, 16: 16}
 # mlflow serve does not batch (each request is its own `generate`), so its throughput does not
 # grow with the number of requests: it gets fewer, never fewer than one per worker.
-MLFLOW_DEFAULT_REQUESTS = {1: 4, 4: 4, 16: 16}
+MLFLOW_DEFAULT_REQUESTS = {1: 2, 4: 4, 16: 16}
 
 
 def _default_model_dir() -> Path:
