@@ -85,7 +85,7 @@ def test_summary_counts_tokens_of_answers_and_errors() -> None:
 
 
 def test_default_request_counts() -> None:
-    assert requests_for("chattune", 16, None) == 32
+    assert requests_for("chattune", 16, None) == 16  # one wave of 16
     assert requests_for("mlflow_serve", 16, None) == 16
     assert requests_for("chattune", 32, None) == 64  # sweep levels outside the table
     assert requests_for("mlflow_serve", 4, 64) == 64  # --requests wins
