@@ -36,15 +36,31 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def versions() -> dict[str, str]:
-    """Installed versions of the packages a benchmark result depends on."""
+def versions(extra: Sequence[str] = ()) -> dict[str, str]:
+    """Installed versions of the packages a benchmark result depends on (and of `extra`)."""
     out = {"python": platform.python_version()}
-    for name in VERSIONED:
+    for name in (*VERSIONED, *extra):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+MODEL_NAME = "SmolLM2-135M-Instruct"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_model_dir() -> Path:
+    """The SmolLM2 checkpoint that `make demo` / `make bench-inputs` import into `.demo/`."""
+    models = ROOT / ".demo" / "workspace" / "models" / MODEL_NAME
+    found = sorted(p.parent for p in models.rglob("config.json")) if models.is_dir() else []
+    if not found:
+        raise SystemExit(
+            f"no {MODEL_NAME} under {models}: pass --model-dir (a folder with config.json and "
+            "the tokenizer), or run `make bench-inputs` to import it"
+        )
+    return found[-1]
 
 
 def machine_record() -> dict[str, Any]:

@@ -21,7 +21,7 @@ BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
-from t1_training import _default_model_dir  # noqa: E402
+from common import default_model_dir  # noqa: E402
 
 
 def prompts(data_dir: Path, n: int) -> list[list[dict[str, str]]]:
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         serving_dtype,
     )
 
-    ckpt = resolve_checkpoint((a.model_dir or _default_model_dir()).resolve())
+    ckpt = resolve_checkpoint((a.model_dir or default_model_dir()).resolve())
     tok = load_tokenizer(ckpt)
     device = torch.device("cpu")
     model, adapters = load_model(ckpt, device=device, dtype=serving_dtype(device))

@@ -35,8 +35,15 @@ BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
-from common import machine_record, matmul_gflops, peak_rss_mb, versions, write_json  # noqa: E402
-from t1_training import LORA_TARGETS, _default_model_dir, _prepare  # noqa: E402
+from common import (  # noqa: E402
+    default_model_dir,
+    machine_record,
+    matmul_gflops,
+    peak_rss_mb,
+    versions,
+    write_json,
+)
+from t1_training import LORA_TARGETS, _prepare  # noqa: E402
 
 IGNORE = -100
 VARIANTS = {  # name: (packed attention, supervised logits)
@@ -186,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    model_dir = (a.model_dir or _default_model_dir()).resolve()
+    model_dir = (a.model_dir or default_model_dir()).resolve()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     prep, _ = _prepare(model_dir, a.data_dir.resolve(), 512, a.work_dir / f"t1f-{stamp}")
     data = rows(prep)

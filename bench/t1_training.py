@@ -46,8 +46,10 @@ if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
 from common import (  # noqa: E402  (bench/ is a folder of scripts, not a package)
+    MODEL_NAME,
     BenchFailed,
     TrainProbe,
+    default_model_dir,
     machine_record,
     matmul_gflops,
     median,
@@ -60,7 +62,6 @@ from common import (  # noqa: E402  (bench/ is a folder of scripts, not a packag
 CONTENDERS = ("chattune", "trl_default", "trl_best")
 BASELINE = "trl_default"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-MODEL_NAME = "SmolLM2-135M-Instruct"
 CHILD_TIMEOUT_S = 3600
 
 
@@ -236,15 +237,6 @@ def child_main(name: str, spec_path: Path) -> None:
 
 
 # -- parent side ------------------------------------------------------------------------------
-def _default_model_dir() -> Path:
-    models = ROOT / ".demo" / "workspace" / "models" / MODEL_NAME
-    found = sorted(p.parent for p in models.rglob("config.json")) if models.is_dir() else []
-    if not found:
-        raise SystemExit(
-            f"no {MODEL_NAME} under {models}: pass --model-dir (a folder with config.json and "
-            "the tokenizer), or run `make demo` to import it"
-        )
-    return found[-1]
 
 
 def _prepare(model_dir: Path, data_dir: Path, max_len: int, work: Path) -> tuple[Path, dict]:
@@ -344,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := set(names) - set(CONTENDERS):
         ap.error(f"unknown contender(s) {sorted(unknown)}; known: {', '.join(CONTENDERS)}")
 
-    model_dir = (a.model_dir or _default_model_dir()).resolve()
+    model_dir = (a.model_dir or default_model_dir()).resolve()
     started = datetime.now(UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     work = a.work_dir.resolve() / f"t1-{stamp}"

@@ -34,7 +34,6 @@ import sys
 import tempfile
 import time
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,14 @@ ROOT = BENCH.parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
-from common import BenchFailed, machine_record, versions, write_json  # noqa: E402
+from common import (  # noqa: E402
+    MODEL_NAME,
+    BenchFailed,
+    default_model_dir,
+    machine_record,
+    versions,
+    write_json,
+)
 from t2_load import build_requests, record_dicts, run_load, summarize  # noqa: E402
 from t2_report import agreement, plot_sweep, summarize_runs, table, targets  # noqa: E402
 from t2_servers import (  # noqa: E402
@@ -54,7 +60,6 @@ from t2_servers import (  # noqa: E402
     transformers_serve,
 )
 
-MODEL_NAME = "SmolLM2-135M-Instruct"
 CONTENDERS = ("chattune", "transformers_serve", "mlflow_serve")
 EXTRA_VERSIONS = ("mlflow", "fastapi", "uvicorn", "httpx")
 # Requests per concurrency when --requests is not given: enough for the default run to fit
@@ -63,17 +68,6 @@ DEFAULT_REQUESTS = {1: 4, 4: 8, 16: 16}
 # mlflow serve does not batch (each request is its own `generate`), so its throughput does not
 # grow with the number of requests: it gets fewer, never fewer than one per worker.
 MLFLOW_DEFAULT_REQUESTS = {1: 2, 4: 4, 16: 16}
-
-
-def _default_model_dir() -> Path:
-    models = ROOT / ".demo" / "workspace" / "models" / MODEL_NAME
-    found = sorted(p.parent for p in models.rglob("config.json")) if models.is_dir() else []
-    if not found:
-        raise SystemExit(
-            f"no {MODEL_NAME} under {models}: pass --model-dir (a folder with config.json and "
-            "the tokenizer), or run `make demo` to import it"
-        )
-    return found[-1]
 
 
 def _ints(text: str) -> list[int]:
@@ -234,16 +228,6 @@ def _settings(a: argparse.Namespace, model_dir: Path, names: list[str]) -> dict[
     }
 
 
-def _versions() -> dict[str, str]:
-    out = versions()
-    for name in EXTRA_VERSIONS:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run T2 (or the chattune concurrency sweep); write bench/results/t2-*.json; print a table."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -289,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (a.data_dir / "test_gen.jsonl").is_file():
         ap.error(f"no test_gen.jsonl in {a.data_dir}: pass --data-dir (see bench/README.md)")
 
-    model_dir = (a.model_dir or _default_model_dir()).resolve()
+    model_dir = (a.model_dir or default_model_dir()).resolve()
     started = datetime.now(UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     kind = "t2-sweep" if a.sweep else "t2"
@@ -333,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_start": load_start,
         "load_average_end": os.getloadavg(),
         "machine": machine_record(),
-        "versions": _versions(),
+        "versions": versions(EXTRA_VERSIONS),
         "settings": _settings(a, model_dir, names),
         "prompt_tokens": h.prompt_tokens(),
         "mlflow_save_s": h.prepared.get("mlflow_save_s"),

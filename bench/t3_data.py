@@ -59,7 +59,9 @@ if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
 from common import (  # noqa: E402  (bench/ is a folder of scripts, not a package)
+    MODEL_NAME,
     BenchFailed,
+    default_model_dir,
     machine_record,
     median,
     peak_rss_mb,
@@ -70,7 +72,6 @@ from common import (  # noqa: E402  (bench/ is a folder of scripts, not a packag
 
 CONTENDERS = ("chattune", "trl")
 CHATTUNE_STEPS = ("convert", "preprocess", "pack")
-MODEL_NAME = "SmolLM2-135M-Instruct"
 CHILD_TIMEOUT_S = 3600
 TOKEN_TOLERANCE = 0.001  # relative difference allowed between the token counts
 RSS_TARGET_MB = 1024
@@ -330,15 +331,6 @@ def child_main(step: str, spec_path: Path) -> None:
 
 
 # -- parent side ------------------------------------------------------------------------------
-def _default_model_dir() -> Path:
-    models = ROOT / ".demo" / "workspace" / "models" / MODEL_NAME
-    found = sorted(p.parent for p in models.rglob("config.json")) if models.is_dir() else []
-    if not found:
-        raise SystemExit(
-            f"no {MODEL_NAME} under {models}: pass --model-dir (a folder with config.json and "
-            "the tokenizer), or run `make demo` to import it"
-        )
-    return found[-1]
 
 
 def _step(name: str, spec: dict[str, Any], d: Path) -> dict[str, Any]:
@@ -544,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.conversations < 100:
         ap.error("--conversations must be at least 100 (preprocess needs 10 training rows)")
 
-    model_dir = (a.model_dir or _default_model_dir()).resolve()
+    model_dir = (a.model_dir or default_model_dir()).resolve()
     load_start = os.getloadavg()
     if load_start[0] > 0.5 * (os.cpu_count() or 1):
         print(
