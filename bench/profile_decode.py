@@ -2,9 +2,10 @@
 
 Loads SmolLM2-135M-Instruct as the model server does, submits `--requests` greedy chat
 requests at once (so they decode together, `--max-new-tokens` each) to `serving.engine.Engine`,
-and reports the run's tokens/s; then records torch.profiler's operator table of the same
-decode step made by hand (the engine's thread is not followed by the profiler) to
-bench/profiles/decode_engine.txt.
+and reports the run's tokens/s with each KV cache (`preallocated`, the default, and `concat`,
+transformers' DynamicCache way), alternating, `--repeats` times; then records torch.profiler's
+operator table of the same decode step made by hand (the engine's thread is not followed by
+the profiler) to bench/profiles/decode_engine.txt.
 
     .venv/bin/python bench/profile_decode.py --requests 16 --max-new-tokens 64
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model-dir", type=Path)
     ap.add_argument("--data-dir", type=Path, default=BENCH.parent / ".demo" / "chitchat_dataset")
     ap.add_argument("--out", type=Path, default=BENCH / "profiles" / "decode_engine.txt")
@@ -55,24 +58,43 @@ def main(argv: list[str] | None = None) -> int:
     tok = load_tokenizer(ckpt)
     device = torch.device("cpu")
     model, adapters = load_model(ckpt, device=device, dtype=serving_dtype(device))
-    engine = Engine(model, tok, adapters=adapters, max_batch_size=max(16, a.requests))
     ids = [
         tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False)
         for m in prompts(a.data_dir, a.requests)
     ]
     ids = [tok(t, add_special_tokens=False)["input_ids"] for t in ids]
     params = SamplingParams(max_new_tokens=a.max_new_tokens)
-    engine.submit(ids[0], params).text()  # warm-up
-    t0 = time.perf_counter()
-    handles = [engine.submit(x, params) for x in ids]
-    n = sum(len(tok(h.text(), add_special_tokens=False)["input_ids"]) for h in handles)
-    wall = time.perf_counter() - t0
-    stats = engine.stats()
-    engine.stop()
+    runs: dict[str, list[float]] = {"preallocated": [], "concat": []}
+    texts: dict[str, list[str]] = {}
+    for rep in range(a.repeats):
+        order = list(runs) if rep % 2 == 0 else list(runs)[::-1]
+        for kind in order:
+            engine = Engine(
+                model, tok, adapters=adapters, max_batch_size=max(16, a.requests), kv_cache=kind
+            )
+            engine.submit(ids[0], params).text()  # warm-up
+            t0 = time.perf_counter()
+            handles = [engine.submit(x, params) for x in ids]
+            texts[kind] = [h.text() for h in handles]
+            n = sum(h.completion_tokens for h in handles)
+            runs[kind].append(n / (time.perf_counter() - t0))
+            stats = engine.stats()
+            engine.stop()
+    if texts["preallocated"] != texts["concat"]:
+        raise SystemExit("the two KV caches decoded different text")
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    engine_line = (
+        f"engine: {a.requests} requests x {a.max_new_tokens} new tokens submitted at once, "
+        f"median of {a.repeats}: preallocated KV cache {med['preallocated']:.1f} tok/s, "
+        f"concat (DynamicCache) {med['concat']:.1f} tok/s = "
+        f"{med['preallocated'] / med['concat']:.2f}x (same text); engine stats {stats}\n"
+    )
     # The engine decodes on its own thread, which torch.profiler does not follow: profile
-    # the same decode step here, as the engine makes it (one DynamicCache for the batch,
-    # left padding, attention mask, position ids), at the run's batch size and prompt length.
+    # the same decode step here, as the engine makes it (one BatchCache for the batch, left
+    # padding, attention mask, position ids), at the run's batch size and prompt length.
     from transformers import DynamicCache
+
+    from chattune.serving.kvcache import BatchCache
 
     batch = len(ids)
     width = max(len(x) for x in ids)
@@ -83,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         cache = DynamicCache()
         pos = (mask.cumsum(1) - 1).clamp(min=0)
         model(input_ids=prompt, attention_mask=mask, position_ids=pos, cache=cache)
+        cache = BatchCache.from_prefill(cache)
         nxt = torch.zeros(batch, 1, dtype=torch.long)
         steps = 8
         with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -93,9 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                 model(input_ids=nxt, attention_mask=mask, position_ids=pos, cache=cache)
             step_s = (time.perf_counter() - t1) / steps
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)
-    head = (
-        f"engine: {a.requests} requests x {a.max_new_tokens} new tokens submitted at once: "
-        f"{n} tokens in {wall:.1f} s = {n / wall:.1f} tok/s; engine stats {stats}\n"
+    head = engine_line + (
         f"profiled: {steps} decode steps at batch {batch}, prompts padded to {width} tokens: "
         f"{1000 * step_s:.0f} ms per step (profiler on)\n"
     )

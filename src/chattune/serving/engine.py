@@ -5,15 +5,17 @@
         every row at once -> leaves as soon as it stops (eos, end of turn, stop string,
         max_new_tokens, cancel)
 
-The batch is one `DynamicCache` whose rows are left-padded to a common length T:
+The batch is one `kvcache.BatchCache` (preallocated: a step writes a column in place) whose
+rows are left-padded to a common length T:
 
     keys/values (B, heads, T, head_dim)   mask (B, T): 1 real token, 0 padding
 
 A joining request is prefilled alone (no padding, so no fully masked query row whose NaNs
-could reach the cache), then its KV rows are concatenated in after left-padding whichever
-side is shorter with zeros. `position_ids` count only real tokens, so a row's logits do not
-depend on its neighbours (up to float summation order). Leaving rows are dropped with
-`index_select`, and columns that are padding in every row are trimmed.
+could reach the cache), then its KV row is written in, right-aligned (the batch's region
+extends left with zeros when the newcomer is longer). `position_ids` count only real
+tokens, so a row's logits do not depend on its neighbours (up to float summation order).
+Leaving rows are compacted with `index_select`, and columns that are padding in every row
+are trimmed.
 
 LoRA: rows of different adapters share one forward pass through PEFT's mixed-batch LoRA
 (`adapter_names=[...]` per row, `"__base__"` for none; peft/tuners/lora/layer.py
@@ -37,7 +39,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -49,6 +51,9 @@ from chattune.serving.chat import (
     stop_token_ids,
 )
 from chattune.serving.loader import BASE_ADAPTER
+
+if TYPE_CHECKING:  # transformers is imported by the engine thread, not by `protocol`'s users
+    from chattune.serving.kvcache import BatchCache
 
 log = logging.getLogger("chattune.serving")
 
@@ -222,6 +227,8 @@ class Engine:
             template's end-of-turn token (see `chattune.serving.chat.stop_token_ids`).
         max_batch_size: most rows decoded together; later requests wait in the queue.
         context_length: prompt + answer limit in tokens (default: the model's).
+        kv_cache: "preallocated" (`kvcache.BatchCache`, a step writes in place) or "concat"
+            (transformers' way, a copy per step: the benchmark's baseline).
     """
 
     def __init__(
@@ -234,6 +241,7 @@ class Engine:
         eos_ids: Sequence[int] | None = None,
         max_batch_size: int = 16,
         context_length: int | None = None,
+        kv_cache: str = "preallocated",
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -243,6 +251,13 @@ class Engine:
             eos_ids = stop_token_ids(model, tokenizer)
         self.eos_ids = frozenset(eos_ids)
         self.max_batch_size = max_batch_size
+        from chattune.serving.kvcache import KV_CACHES
+
+        if kv_cache not in KV_CACHES:
+            raise InvalidParameter(
+                f"kv_cache must be one of {', '.join(KV_CACHES)}; got {kv_cache!r}."
+            )
+        self._batch_cache = KV_CACHES[kv_cache]
         self.context_length = context_length or model_context_length(model.config)
         self.device = next(model.parameters()).device
         # transformers 5.24 renamed `past_key_values` to `cache` (the old name goes in 5.40)
@@ -251,7 +266,7 @@ class Engine:
         self._cv = threading.Condition()
         self._pending: deque[_Row] = deque()
         self._rows: list[_Row] = []
-        self._cache: Any = None  # DynamicCache of the batch, rows as `_rows`
+        self._cache: BatchCache | None = None  # the batch's KV, rows as `_rows`
         self._mask: torch.Tensor | None = None  # (B, T) long
         self._stats = EngineStats()
         self._stopping = False
@@ -394,13 +409,15 @@ class Engine:
     def _join(self, row: _Row, cache: Any, n: int) -> None:
         mask = torch.ones(1, n, dtype=torch.long, device=self.device)
         if self._cache is None:
-            self._cache, self._mask = cache, mask
+            self._cache, self._mask = self._batch_cache.from_prefill(cache), mask
         else:
             assert self._mask is not None
-            for mine, theirs in zip(self._cache.layers, cache.layers, strict=True):
-                mine.keys = torch.cat(_left_pad(mine.keys, theirs.keys, 2), dim=0)
-                mine.values = torch.cat(_left_pad(mine.values, theirs.values, 2), dim=0)
-            self._mask = torch.cat(_left_pad(self._mask, mask, 1), dim=0)
+            self._cache.add_row(cache)
+            w = max(self._mask.shape[1], n)  # left-pad the shorter side
+            pad = torch.nn.functional.pad
+            self._mask = torch.cat(
+                [pad(self._mask, (w - self._mask.shape[1], 0)), pad(mask, (w - n, 0))]
+            )
         with self._cv:
             self._rows.append(row)
 
@@ -511,18 +528,4 @@ class Engine:
         mask = self._mask.index_select(0, idx)
         start = int((mask.sum(dim=0) > 0).nonzero()[0])  # first column with a real token
         self._mask = mask[:, start:]
-        for layer in self._cache.layers:
-            layer.keys = layer.keys.index_select(0, idx)[:, :, start:]
-            layer.values = layer.values.index_select(0, idx)[:, :, start:]
-
-
-def _left_pad(a: torch.Tensor, b: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`a` and `b` left-padded with zeros to the same length along `dim`."""
-    n = max(a.shape[dim], b.shape[dim])
-
-    def pad(x: torch.Tensor) -> torch.Tensor:
-        shape = list(x.shape)
-        shape[dim] = n - x.shape[dim]
-        return x if shape[dim] == 0 else torch.cat([x.new_zeros(shape), x], dim=dim)
-
-    return pad(a), pad(b)
+        self._cache.keep(keep, start)
