@@ -161,7 +161,7 @@ def test_pattern_and_exact_labels_agree(model: tuple[Path, str]) -> None:
 
 def test_char_lookups_match_token_offsets(model: tuple[Path, str]) -> None:
     """The fast span->token mapping equals the one from every token's offsets, for any span."""
-    from chattune.train.preprocess import _char_range, _Ends, _offsets_range
+    from chattune.train.chat_encoder import _char_range, _Ends, _offsets_range
 
     tok = AutoTokenizer.from_pretrained(model[0])
     text = tok.apply_chat_template(MULTI_TURN, tokenize=False)
@@ -354,15 +354,24 @@ def test_fewer_than_10_rows_after_the_split_fails(tmp_path: Path, tiny_llama_dir
         run_preprocess(make_cfg(tmp_path, tiny_llama_dir, train_file=train), Logs())
 
 
-def test_chat_template_error_names_the_row(tmp_path: Path, tiny_llama_dir: Path) -> None:
+def boom_model(tmp_path: Path, tiny_llama_dir: Path) -> Path:
+    """A copy of the tiny llama whose template raises on a message 'boom' (see `BOOM`)."""
     model_dir = shutil.copytree(tiny_llama_dir, tmp_path / "model")
     (model_dir / "chat_template.jinja").write_text(
         "{% for m in messages %}{% if m['content'] == 'boom' %}"
         "{{ raise_exception('no boom allowed') }}{% endif %}"
         "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
     )
+    return model_dir
+
+
+BOOM = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "boom"}]
+
+
+def test_chat_template_error_names_the_row(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    model_dir = boom_model(tmp_path, tiny_llama_dir)
     rows: list[Any] = [conv(i) for i in range(20)]
-    rows[6] = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "boom"}]
+    rows[6] = BOOM
     train = write_jsonl(tmp_path / "train.jsonl", rows)
     with pytest.raises(ChatTemplateFailed) as err:
         run_preprocess(make_cfg(tmp_path, model_dir, train_file=train), Logs())

@@ -12,13 +12,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from chattune.train import preprocess
-from chattune.train.preprocess import (
-    ChatEncoder,
-    PreprocessConfig,
-    _label_prefix,
-    _overlaps,
-    run_preprocess,
-)
+from chattune.train.chat_encoder import _label_prefix, _overlaps
+from chattune.train.preprocess import ChatEncoder, PreprocessConfig, run_preprocess
 
 LIMIT = 64
 
