@@ -9,7 +9,8 @@ Contenders, each step in its own process, each from that same file to trainable 
   chattune  1. convert: `chattune data download --dataset FILE --download-dir D --split-pc 100`
                (the CLI's `main`, in-process: read, convert to the ultrachat schema, write);
             2. preprocess: `run_preprocess` (render the chat template, tokenize, label the
-               assistant tokens, truncate to 512, split 80/10/10, write parquet);
+               assistant tokens, truncate to 512, split 80/10/10, write parquet) with
+               `workers` = `--workers` (default `--num-proc`) processes;
             3. pack: the finetune step's data loading and packing plan
                (`chattune.train.finetune._datasets`: read train/validation parquet,
                `pack_batches` into bins of batch x 512 tokens), the last work before the
@@ -27,8 +28,11 @@ default: every token is a label. chattune labels the assistant turns only (more 
 
 Measured: conversations/s (conversations in / seconds of the timed section, which starts
 before the tokenizer or data are loaded) and peak RSS, per process: `ru_maxrss` of the
-process itself and the sampled peak of the summed RSS of the process and its children (TRL's
-`num_proc` workers; shared pages counted once per process, so an upper bound).
+process itself and the sampled peak of the summed RSS of the process and all its descendants
+(TRL's `num_proc` workers, chattune's preprocess workers and their fork server; shared pages
+counted once per process, so an upper bound). CPU seconds: the process's own, plus the larger
+of its waited-for children's and the sampled CPU of its descendants (chattune's workers are
+children of a fork server that is never waited for).
 
     .venv/bin/python bench/t3_data.py                              # 25k x 3 repeats, ~5 min
     .venv/bin/python bench/t3_data.py --conversations 200000       # the issue's size
@@ -101,7 +105,8 @@ def make_data(n: int, seed: int, data_dir: Path) -> Path:
 
 # -- child side -------------------------------------------------------------------------------
 class TreeRSS:
-    """Samples the summed RSS of this process and its descendants; keeps the peak (MiB)."""
+    """Samples the summed RSS of this process and its descendants; keeps the peak (MiB), and
+    the CPU seconds each descendant had used when last seen (`descendants_cpu_s`)."""
 
     def __init__(self, every_s: float = 0.05) -> None:
         import psutil
@@ -110,16 +115,26 @@ class TreeRSS:
         self._every = every_s
         self._stop = threading.Event()
         self.peak_mb = 0.0
+        self._cpu: dict[int, float] = {}
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
         import psutil
 
         total = 0
-        for p in [self._proc, *self._proc.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            total += self._proc.memory_info().rss
+        for p in self._proc.children(recursive=True):
             with contextlib.suppress(psutil.Error):  # a worker that just exited
                 total += p.memory_info().rss
+                cpu = p.cpu_times()
+                self._cpu[p.pid] = cpu.user + cpu.system
         self.peak_mb = max(self.peak_mb, total / 2**20)
+
+    @property
+    def descendants_cpu_s(self) -> float:
+        """CPU seconds of the descendants seen, each as last sampled (up to `every_s` old)."""
+        return sum(self._cpu.values())
 
     def _run(self) -> None:
         while not self._stop.wait(self._every):
@@ -142,11 +157,16 @@ def cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _memory(cpu0: float) -> dict[str, float]:
+def _memory(cpu0: float, tree: TreeRSS | None = None) -> dict[str, float]:
     """Peak RSS of this process and of its largest child, and the CPU seconds since `cpu0`
-    (less disturbed by other processes on the machine than the wall time)."""
+    (less disturbed by other processes on the machine than the wall time): the process's own
+    plus the larger of its waited-for children's and its descendants' as `tree` sampled them
+    (chattune's preprocess workers are children of a fork server, which is never waited for)."""
+    me, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    own, waited = me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+    sampled = tree.descendants_cpu_s if tree is not None else 0.0
     return {
-        "cpu_s": cpu_seconds() - cpu0,
+        "cpu_s": own + max(waited, sampled) - cpu0,
         "peak_rss_mb": peak_rss_mb(),
         "children_max_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     }
@@ -162,7 +182,7 @@ def _child_convert(spec: dict[str, Any]) -> dict[str, Any]:
         t0, cpu0 = time.perf_counter(), cpu_seconds()
         rc = cli(argv)
         seconds = time.perf_counter() - t0
-    mem = _memory(cpu0)
+    mem = _memory(cpu0, tree)
     if rc != 0:
         raise BenchFailed(f"chattune {' '.join(argv)} exited {rc}")
     written = out / Path(spec["data_file"]).name
@@ -180,6 +200,7 @@ def _child_preprocess(spec: dict[str, Any]) -> dict[str, Any]:
     from chattune.train.preprocess import PreprocessConfig, run_preprocess
 
     train_file = Path(spec["convert_dir"]) / Path(spec["data_file"]).name
+    logs: list[str] = []
     with TreeRSS() as tree:
         t0, cpu0 = time.perf_counter(), cpu_seconds()
         report = run_preprocess(
@@ -188,17 +209,19 @@ def _child_preprocess(spec: dict[str, Any]) -> dict[str, Any]:
                 model_dir=Path(spec["model_dir"]),
                 max_seq_length=spec["max_seq_length"],
                 output_dir=Path(spec["prep_dir"]),
+                workers=spec["workers"],
             ),
-            lambda _msg: None,
+            logs.append,
         )
         seconds = time.perf_counter() - t0
-    mem = _memory(cpu0)
+    mem = _memory(cpu0, tree)
     m = report.metrics()
     splits = ("train", "validation", "test")
     return {
         **mem,
         "seconds": seconds,
         "tree_peak_rss_mb": tree.peak_mb,
+        "encoding": next((x for x in logs if x.startswith("encoding in ")), "not logged"),
         "conversations_kept": int(sum(m[f"{s}_rows"] for s in splits)),
         "tokens": int(sum(m[f"{s}_tokens"] for s in splits)),
         "label_tokens": int(sum(m[f"{s}_label_tokens"] for s in splits)),
@@ -233,7 +256,7 @@ def _child_pack(spec: dict[str, Any]) -> dict[str, Any]:
         t0, cpu0 = time.perf_counter(), cpu_seconds()
         train, val, _collator, _per_step = _datasets(cfg)
         seconds = time.perf_counter() - t0
-    mem = _memory(cpu0)
+    mem = _memory(cpu0, tree)
     bins = train.bins
     if sorted(i for b in bins for i in b) != list(range(len(train.rows))):
         raise BenchFailed("chattune's packing plan does not hold every train row exactly once")
@@ -280,7 +303,7 @@ def _child_trl(spec: dict[str, Any]) -> dict[str, Any]:
         trainer.completion_only_loss = bool(args.completion_only_loss)
         out = trainer._prepare_dataset(ds, tok, args, args.packing, None, "train")
         seconds = time.perf_counter() - t0
-    mem = _memory(cpu0)
+    mem = _memory(cpu0, tree)
     seq_lengths = out["seq_lengths"]
     lengths = [n for row in seq_lengths for n in row]
     try:
@@ -518,7 +541,12 @@ def main(argv: list[str] | None = None) -> int:
         "--num-proc",
         type=int,
         default=os.cpu_count() or 1,
-        help="TRL's dataset_num_proc and chattune's tokenizer threads",
+        help="TRL's dataset_num_proc, chattune's tokenizer threads and preprocess workers",
+    )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        help="chattune's preprocess worker processes (default: --num-proc; 1: in-process)",
     )
     ap.add_argument("--contenders", default=",".join(CONTENDERS))
     ap.add_argument("--results-dir", type=Path, default=BENCH / "results")
@@ -562,6 +590,9 @@ def main(argv: list[str] | None = None) -> int:
         "num_proc": a.num_proc,
         "seed": a.seed,
         "chattune_threads": f"RAYON_NUM_THREADS={a.num_proc} (the Rust tokenizer's pool)",
+        "workers": a.workers or a.num_proc,
+        "chattune_workers": f"PreprocessConfig(workers={a.workers or a.num_proc}): worker "
+        "processes with 1 tokenizer thread each from 2 on, in-process below pool_min_rows",
         "trl_dataset_num_proc": a.num_proc,
         "timed": "from before the tokenizer and data are loaded to the end of packing",
     }

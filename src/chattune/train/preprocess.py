@@ -30,10 +30,8 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -42,9 +40,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from chattune.data.readers import SUFFIXES
 from chattune.data.validate import iter_checked
-from chattune.errors import DatasetInvalid, InvalidParameter
+from chattune.errors import DatasetInvalid
 from chattune.train.chat_encoder import (  # noqa: F401  (IGNORE_INDEX, Encoded: re-exported)
     _PREFIX_CHARS_PER_TOKEN,
     IGNORE_INDEX,
@@ -54,6 +51,16 @@ from chattune.train.chat_encoder import (  # noqa: F401  (IGNORE_INDEX, Encoded:
     Messages,
     TemplateRenderError,
 )
+from chattune.train.preprocess_inputs import (
+    check_inputs,
+    iter_valid,
+    model_context_length,
+    plan_splits,
+    preprocess_cache_key,
+    resolve_max_len,
+    row_at,
+    rows_hint,
+)
 from chattune.train.preprocess_output import SPLITS, Outputs, write_json_atomic
 from chattune.train.preprocess_pool import (
     POOL_MIN_ROWS,
@@ -61,6 +68,7 @@ from chattune.train.preprocess_pool import (
     EncoderPool,
     WorkerFailed,  # noqa: F401  (re-exported: run_preprocess raises it)
     encode_chunks,
+    warm_up,
 )
 from chattune.train.preprocess_report import (  # noqa: F401  (re-exported)
     DROP_NO_LABELS,
@@ -79,10 +87,6 @@ Log = Callable[[str], None]
 MIN_TRAIN_ROWS = 10
 _CHUNK = 1024  # conversations rendered and tokenized per batch (a worker's unit of work)
 _LOG_EVERY = 20_000  # conversations between progress lines
-_TOKENIZER_FILE = re.compile(
-    r"^(tokenizer.*|chat_template.*|special_tokens_map\.json|added_tokens\.json|vocab\..*"
-    r"|merges\.txt|.*\.model|.*\.tiktoken)$"
-)
 
 
 class PreprocessConfig(BaseModel):
@@ -151,106 +155,10 @@ class NoAssistantTokens(DatasetInvalid):
     """No training conversation keeps an assistant token after truncation."""
 
 
-# -- inputs, splits -------------------------------------------------------------------------------
-def model_context_length(model_dir: Path) -> int | None:
-    """`max_position_embeddings` of `model_dir/config.json` (or its text_config), if any."""
-    path = Path(model_dir) / "config.json"
-    if not path.is_file():
-        return None
-    cfg = json.loads(path.read_text())
-    for c in (cfg, cfg.get("text_config") or {}):
-        v = c.get("max_position_embeddings")
-        if isinstance(v, int) and v > 0:
-            return v
-    return None
-
-
-def _resolve_max_len(cfg: PreprocessConfig) -> int:
-    if cfg.max_seq_length != -1:
-        return cfg.max_seq_length
-    context = model_context_length(cfg.model_dir)
-    if context is None:
-        raise InvalidParameter(
-            f"`max_seq_length` is -1 (the model's context) but {cfg.model_dir}/config.json has "
-            "no max_position_embeddings.",
-            fix="set `max_seq_length` to a number of tokens",
-        )
-    return context
-
-
-def _check_inputs(cfg: PreprocessConfig) -> None:
-    """Every missing file or folder at once, each by its parameter."""
-    problems = []
-    for name, path in cfg.inputs().items():
-        if not path.is_file():
-            problems.append(f"`{name}` {path} is not a file")
-        elif path.suffix.lower() not in SUFFIXES:
-            problems.append(f"`{name}` {path} is not one of {', '.join(SUFFIXES)}")
-    if not Path(cfg.model_dir).is_dir():
-        problems.append(f"`model_dir` {cfg.model_dir} is not a folder")
-    elif not _tokenizer_files(cfg.model_dir):
-        problems.append(f"`model_dir` {cfg.model_dir} holds no tokenizer files")
-    if problems:
-        raise InvalidParameter(
-            "preprocess cannot start: " + "; ".join(problems) + ".",
-            fix="give existing data files and an imported model folder (`chattune model list`)",
-        )
-
-
 # A row on its way: (splits it goes to, line in its file, messages).
 # The messages are kept only for the test split (test_messages.jsonl): the conversations go to
 # the encoder, and a long batch of them held once more would be most of this process's memory.
 _Item = tuple[tuple[str, ...], int, Messages | None]
-# Cuts of the valid rows of one file: [(end, splits)], `end` exclusive, in order.
-Cuts = list[tuple[float, tuple[str, ...]]]
-
-
-def _plan(cfg: PreprocessConfig, valid: dict[str, int]) -> tuple[str, dict[str, Cuts], dict]:
-    """Split mode, cuts per file, and each split's source description."""
-    n = valid["train_file"]
-    inf = float("inf")
-    has_val, has_test = cfg.validation_file is not None, cfg.test_file is not None
-    if not has_val and not has_test:
-        n_tr, n_va = n * 8 // 10, n // 10
-        cuts = {"train_file": [(n_tr, ("train",)), (n_tr + n_va, ("validation",))]}
-        cuts["train_file"].append((inf, ("test",)))
-        src = {
-            "train": f"train_file valid rows 1-{n_tr} (80%)",
-            "validation": f"train_file valid rows {n_tr + 1}-{n_tr + n_va} (10%)",
-            "test": f"train_file valid rows {n_tr + n_va + 1}-{n} (10%)",
-        }
-        return "train", cuts, src
-    if not has_val:
-        n_tr = n - n // 5
-        cuts = {"train_file": [(n_tr, ("train",)), (inf, ("validation",))]}
-        cuts["test_file"] = [(inf, ("test",))]
-        src = {
-            "train": f"train_file valid rows 1-{n_tr} (80%)",
-            "validation": f"train_file valid rows {n_tr + 1}-{n} (last 20%)",
-            "test": "test_file",
-        }
-        return "train+test", cuts, src
-    cuts = {"train_file": [(inf, ("train",))]}
-    src = {"train": "train_file", "validation": "validation_file", "test": "test_file"}
-    if not has_test:
-        cuts["validation_file"] = [(inf, ("validation", "test"))]
-        src["test"] = "validation_file (no test_file given)"
-        return "train+validation", cuts, src
-    cuts["validation_file"] = [(inf, ("validation",))]
-    cuts["test_file"] = [(inf, ("test",))]
-    return "train+validation+test", cuts, src
-
-
-def _row_at(path: Path, line: int) -> Messages:
-    """The messages of the valid row at `line` of `path` (read again, for an error message)."""
-    return next(messages for at, messages in _iter_valid(path) if at == line)
-
-
-def _iter_valid(path: Path) -> Iterator[tuple[int, Messages]]:
-    for checked in iter_checked(path):
-        if checked.ok:
-            assert checked.row is not None
-            yield checked.line, checked.row["messages"]
 
 
 # -- the step -------------------------------------------------------------------------------------
@@ -272,16 +180,41 @@ def run_preprocess(cfg: PreprocessConfig, log: Log = print) -> PreprocessReport:
         WorkerFailed: a worker process died (killed, out of memory).
     """
     t0 = time.perf_counter()
-    _check_inputs(cfg)
-    max_len = _resolve_max_len(cfg)
+    check_inputs(cfg)
+    max_len = resolve_max_len(cfg)
     context = model_context_length(cfg.model_dir)
     if context is not None and max_len > context:
         log(f"warning: max_seq_length {max_len} exceeds the model's context of {context} tokens")
+    # worker processes start in the background when the files hold enough rows, while this
+    # process loads the tokenizer and checks the rows; small inputs never start them
+    workers = cfg.worker_count()
+    hint = rows_hint(cfg)
+    early = workers > 1 and hint is not None and hint >= cfg.pool_min_rows
+    if early:
+        warm_up()
     from transformers import AutoTokenizer
 
     encoder = ChatEncoder(AutoTokenizer.from_pretrained(cfg.model_dir))
     how = "template pattern learned" if encoder.pattern else "exact per-turn rendering"
     log(f"tokenizer of {cfg.model_dir} ({how}); max_seq_length {max_len}")
+    pool = EncoderPool(encoder, workers).start() if early else None
+    try:
+        return _run(cfg, log, t0, max_len, encoder, workers, pool)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _run(
+    cfg: PreprocessConfig,
+    log: Log,
+    t0: float,
+    max_len: int,
+    encoder: ChatEncoder,
+    workers: int,
+    pool: EncoderPool | None,
+) -> PreprocessReport:
+    """`run_preprocess` from pass 1 on; `pool` (started, or None) is closed by the caller."""
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -300,7 +233,7 @@ def run_preprocess(cfg: PreprocessConfig, log: Log = print) -> PreprocessReport:
                 drops.add(p.reason, path, checked.line, p.detail)
         log(f"read {path}: {rows_read[name]} rows, {valid[name]} valid")
     _log_drops(drops, log)
-    mode, cuts, sources = _plan(cfg, valid)
+    mode, cuts, sources = plan_splits(cfg, valid)
     splits = {s: SplitStats(sources[s]) for s in SPLITS}
     for name, file_cuts in cuts.items():
         lo = 0
@@ -320,7 +253,7 @@ def run_preprocess(cfg: PreprocessConfig, log: Log = print) -> PreprocessReport:
         for name, path in cfg.inputs().items():
             items: list[_Item] = []
             convs: list[Messages] = []
-            for idx, (line, messages) in enumerate(_iter_valid(path)):
+            for idx, (line, messages) in enumerate(iter_valid(path)):
                 names = next(n for end, n in cuts[name] if idx < end)
                 items.append((names, line, messages if "test" in names else None))
                 convs.append(messages)
@@ -330,8 +263,11 @@ def run_preprocess(cfg: PreprocessConfig, log: Log = print) -> PreprocessReport:
             if items:
                 yield (path, items), convs
 
-    workers = cfg.worker_count() if sum(valid.values()) >= cfg.pool_min_rows else 1
-    pool = EncoderPool(encoder, workers).start() if workers > 1 else None
+    if workers > 1 and sum(valid.values()) >= cfg.pool_min_rows:
+        pool = pool or EncoderPool(encoder, workers).start()
+    elif pool is not None:  # fewer valid rows than the lines promised
+        pool.close()
+        pool = None
     log(f"encoding in {f'{workers} worker processes' if pool else 'this process'}")
     outputs = Outputs(out)
     first_labels: list[int] = []  # per train row: tokens needed to keep one assistant token
@@ -350,7 +286,7 @@ def run_preprocess(cfg: PreprocessConfig, log: Log = print) -> PreprocessReport:
         except TemplateRenderError as exc:
             path, items = exc.payload
             _, line, _ = items[exc.index]
-            messages = _row_at(path, line)
+            messages = row_at(path, line)
             row = json.dumps(messages, ensure_ascii=False)
             raise ChatTemplateFailed(
                 f"The chat template fails on {path}, line {line}: {exc}. "
@@ -369,7 +305,7 @@ def run_preprocess(cfg: PreprocessConfig, log: Log = print) -> PreprocessReport:
         outputs.discard()
         raise
     finally:
-        if pool is not None:
+        if pool is not None:  # closing twice is harmless: the caller closes an early one
             pool.close()
     if exact:
         log(f"{exact} conversations labelled by exact per-turn rendering")
@@ -484,43 +420,3 @@ def _nothing_to_learn(max_len: int, first_labels: list[int], rows: int) -> None:
         fix=f"raise `max_seq_length` to at least {first_labels[0]} "
         f"({ten} keeps {MIN_TRAIN_ROWS} rows), or shorten the system prompts",
     )
-
-
-# -- cache key ------------------------------------------------------------------------------------
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _tokenizer_files(model_dir: Path) -> list[Path]:
-    model_dir = Path(model_dir)
-    files = [p for p in model_dir.iterdir() if p.is_file() and _TOKENIZER_FILE.match(p.name)]
-    extra = model_dir / "additional_chat_templates"
-    if extra.is_dir():
-        files += [p for p in extra.iterdir() if p.is_file()]
-    return sorted(files)
-
-
-def preprocess_cache_key(cfg: PreprocessConfig) -> str:
-    """sha256 over what decides the output: data file contents (by parameter), tokenizer files
-    (chat template included), the resolved `max_seq_length`, `seed` and the output format.
-
-    Paths, `output_dir` and the model's weights do not enter it: moving or copying the same
-    files gives the same key.
-    """
-    model_dir = Path(cfg.model_dir)
-    max_len = cfg.max_seq_length
-    if max_len == -1:
-        max_len = model_context_length(model_dir) or -1
-    payload = {
-        "format_version": FORMAT_VERSION,
-        "data": {name: _sha256_file(p) for name, p in cfg.inputs().items()},
-        "tokenizer": {
-            str(p.relative_to(model_dir)): _sha256_file(p) for p in _tokenizer_files(model_dir)
-        },
-        "params": {"max_seq_length": max_len, "seed": cfg.seed},
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

@@ -50,6 +50,8 @@ _WINDOW_PER_WORKER = 2  # batches submitted per worker ahead of the one being wr
 _WORKER_PIECE = 256  # conversations a worker encodes at a time
 _WORKER_TOKENIZER_THREADS = 1  # per worker process when there are 2 or more of them
 _START_METHOD = "forkserver"
+# what the fork server imports once, so that each worker forked from it starts at once
+_PRELOAD = [__name__, "transformers.utils.chat_template_utils"]
 
 
 @dataclass
@@ -201,6 +203,23 @@ def _encode_in_worker(pickled: bytes, max_len: int) -> EncodedChunk:
     return parts[0] if len(parts) == 1 else EncodedChunk.concat(parts)
 
 
+def _context() -> Any:
+    ctx = multiprocessing.get_context(_START_METHOD)
+    if _START_METHOD == "forkserver":
+        ctx.set_forkserver_preload(_PRELOAD)
+    return ctx
+
+
+def warm_up() -> None:
+    """Start the fork server now: it imports `_PRELOAD` in the background (about a second)
+    while this process goes on (loading the tokenizer), and `EncoderPool` forks from it."""
+    _context()
+    if _START_METHOD == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
 def _ready() -> int:
     return os.getpid()
 
@@ -216,9 +235,7 @@ class EncoderPool:
     """
 
     def __init__(self, encoder: ChatEncoder, workers: int) -> None:
-        ctx = multiprocessing.get_context(_START_METHOD)
-        if _START_METHOD == "forkserver":
-            ctx.set_forkserver_preload([__name__])
+        ctx = _context()
         threads = _WORKER_TOKENIZER_THREADS if workers > 1 else 0
         self.workers = workers
         self._executor = ProcessPoolExecutor(
