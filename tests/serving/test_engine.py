@@ -198,24 +198,91 @@ def test_engine_survives_a_failing_request(chatty_llama_dir, monkeypatch):
     engine = _load(chatty_llama_dir)
     try:
         prompt = ChatPrompter(engine.tokenizer).encode([{"role": "user", "content": "Hi"}])
-        real = engine._forward
-        calls = {"n": 0}
+        for method in ("_prefill", "_forward"):  # a failing prefill, then a failing decode step
+            real = getattr(engine, method)
+            calls = {"n": 0}
 
-        def flaky(*a, **kw):
-            calls["n"] += 1
-            if calls["n"] == 1:
-                raise RuntimeError("boom")
-            return real(*a, **kw)
+            def flaky(*a, real=real, calls=calls, **kw):
+                calls["n"] += 1
+                if calls["n"] == 1:
+                    raise RuntimeError("boom")
+                return real(*a, **kw)
 
-        monkeypatch.setattr(engine, "_forward", flaky)
-        bad = engine.submit(prompt, SamplingParams(max_new_tokens=5))
-        with pytest.raises(ChattuneError, match="boom"):
-            bad.text()
-        good = engine.submit(prompt, SamplingParams(max_new_tokens=5))
-        assert good.completion_tokens == 0
-        good.text()
-        assert good.completion_tokens == 5 and engine.alive()
-        assert engine.stats()["failed"] == 1
+            monkeypatch.setattr(engine, method, flaky)
+            bad = engine.submit(prompt, SamplingParams(max_new_tokens=5))
+            with pytest.raises(ChattuneError, match="boom"):
+                bad.text()
+            good = engine.submit(prompt, SamplingParams(max_new_tokens=5))
+            assert good.completion_tokens == 0
+            good.text()
+            assert good.completion_tokens == 5 and engine.alive()
+        assert engine.stats()["failed"] == 2
+    finally:
+        engine.stop()
+
+
+def _submit_together(engine: Engine, prompts, budgets) -> list:
+    """Submit while holding the engine's lock, so its thread finds them all pending at once."""
+    with engine._cv:
+        return [engine.submit(p, SamplingParams(max_new_tokens=n)) for p, n in
+                zip(prompts, budgets, strict=True)]  # fmt: skip
+
+
+@pytest.mark.parametrize("which", ["chatty_llama_dir", "chatty_phi3_dir"])
+def test_requests_arriving_together_are_prefilled_in_one_forward(which, request):
+    engine = _load(request.getfixturevalue(which), max_batch_size=8)
+    try:
+        prompter = ChatPrompter(engine.tokenizer)
+        prompts = [prompter.encode([{"role": "user", "content": q}]) for q in QUESTIONS[:5]]
+        assert len({len(p) for p in prompts}) > 2  # packed prompts of different lengths
+        handles = _submit_together(engine, prompts, [7, 12, 5, 9, 10])
+        for h in handles:
+            h.text()
+        stats = engine.stats()
+        assert (stats["prefills"], stats["prefill_forwards"]) == (5, 1)
+        for p, h in zip(prompts, handles, strict=True):
+            assert h.token_ids == _reference(engine.model, p, len(h.token_ids), engine.eos_ids)
+    finally:
+        engine.stop()
+
+
+def test_prefill_token_budget_lets_the_batch_step_between_prefills(chatty_llama_dir):
+    engine = _load(chatty_llama_dir, prefill_tokens=1)
+    try:
+        prompter = ChatPrompter(engine.tokenizer)
+        prompts = [prompter.encode([{"role": "user", "content": q}]) for q in QUESTIONS[:3]]
+        handles = _submit_together(engine, prompts, [6, 6, 6])
+        for h in handles:
+            h.text()
+        stats = engine.stats()
+        assert (stats["prefills"], stats["prefill_forwards"]) == (3, 3)
+        assert stats["joined_running"] == 2  # the 2nd and 3rd joined rows already decoding
+        for p, h in zip(prompts, handles, strict=True):
+            assert h.token_ids == _reference(engine.model, p, 6, engine.eos_ids)
+    finally:
+        engine.stop()
+
+
+def test_a_bad_request_in_a_packed_prefill_fails_alone(chatty_llama_dir, monkeypatch):
+    engine = _load(chatty_llama_dir)
+    try:
+        prompter = ChatPrompter(engine.tokenizer)
+        prompts = [prompter.encode([{"role": "user", "content": q}]) for q in QUESTIONS[:3]]
+        real = engine._prefill
+
+        def poisoned(rows):
+            if any(r.prompt == prompts[1] for r in rows):
+                raise RuntimeError("bad prompt")
+            return real(rows)
+
+        monkeypatch.setattr(engine, "_prefill", poisoned)
+        handles = _submit_together(engine, prompts, [5, 5, 5])
+        with pytest.raises(ChattuneError, match="bad prompt"):
+            handles[1].text()
+        for i in (0, 2):
+            handles[i].text()
+            assert handles[i].token_ids == _reference(engine.model, prompts[i], 5, engine.eos_ids)
+        assert engine.stats()["failed"] == 1 and engine.alive()
     finally:
         engine.stop()
 

@@ -181,6 +181,26 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, gen: torch.Generat
     return int(torch.multinomial(probs, 1, generator=gen))
 
 
+def _packed_attention(model: Any) -> bool:
+    """Make `model` able to prefill packed prompts; False if its attention cannot."""
+    from chattune.train.attention import PACKED_OR_SDPA, register_serving
+
+    impl = getattr(model.config, "_attn_implementation", None)
+    if impl == "sdpa":
+        register_serving()
+        model.set_attn_implementation(PACKED_OR_SDPA)
+        return True
+    return impl in (PACKED_OR_SDPA, "flash_attention_2", "flash_attention_3")
+
+
+def _by_adapter(rows: list[_Row]) -> list[list[_Row]]:
+    """`rows` grouped by adapter, in order of first appearance."""
+    groups: dict[str, list[_Row]] = {}
+    for r in rows:
+        groups.setdefault(r.adapter, []).append(r)
+    return list(groups.values())
+
+
 @dataclass
 class _Row:
     handle: Handle
@@ -201,6 +221,7 @@ class EngineStats:
 
     requests: int = 0
     prefills: int = 0
+    prefill_forwards: int = 0  # prefills packed together count once
     steps: int = 0
     rows_stepped: int = 0  # sum of the batch size over steps: / steps = mean batch
     max_batch: int = 0
@@ -210,6 +231,8 @@ class EngineStats:
     failed: int = 0
     prompt_tokens: int = 0
     generated_tokens: int = 0
+    prefill_seconds: float = 0.0  # wall time in prefills
+    step_seconds: float = 0.0  # wall time in decode steps
     running: int = 0
     waiting: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -229,6 +252,13 @@ class Engine:
         context_length: prompt + answer limit in tokens (default: the model's).
         kv_cache: "preallocated" (`kvcache.BatchCache`, a step writes in place) or "concat"
             (transformers' way, a copy per step: the benchmark's baseline).
+        prefill_tokens: prompt tokens prefilled per iteration before the running batch steps
+            again (a longer single prompt still goes alone): bounds the stall a burst of
+            arrivals causes.
+        packed_prefill: prefill the requests that arrive together (same adapter) in one
+            forward, packed back to back with per-prompt attention; needs the model's
+            attention to be sdpa (switched to `train.attention.PACKED_OR_SDPA`) or
+            flash_attention_2, else they are prefilled one at a time.
     """
 
     def __init__(
@@ -242,6 +272,8 @@ class Engine:
         max_batch_size: int = 16,
         context_length: int | None = None,
         kv_cache: str = "preallocated",
+        prefill_tokens: int = 1024,
+        packed_prefill: bool = True,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -258,6 +290,10 @@ class Engine:
                 f"kv_cache must be one of {', '.join(KV_CACHES)}; got {kv_cache!r}."
             )
         self._batch_cache = KV_CACHES[kv_cache]
+        self.prefill_tokens = prefill_tokens
+        self._packed_prefill = packed_prefill and _packed_attention(
+            model.get_base_model() if adapters else model
+        )
         self.context_length = context_length or model_context_length(model.config)
         self.device = next(model.parameters()).device
         # transformers 5.24 renamed `past_key_values` to `cache` (the old name goes in 5.40)
@@ -356,12 +392,10 @@ class Engine:
                         self._cv.wait()
                     if self._stopping:
                         break
-                    room = self.max_batch_size - len(self._rows)
-                    take = min(room, len(self._pending))
-                    joiners = [self._pending.popleft() for _ in range(take)]
+                    joiners = self._take_joiners()
                 running = bool(self._rows)
-                for row in joiners:
-                    self._admit(row, running)
+                for group in _by_adapter(joiners):
+                    self._admit(group, running)
                 self._drop_cancelled()
                 if self._rows:
                     self._step()
@@ -369,50 +403,92 @@ class Engine:
             self._finish(row, "cancelled")
         self._rows, self._pending = [], deque()
 
+    def _take_joiners(self) -> list[_Row]:
+        """Pending requests for this iteration: while there is room in the batch and their
+        prompts fit in `prefill_tokens` (always at least one); the lock is held."""
+        room, used, out = self.max_batch_size - len(self._rows), 0, []
+        while self._pending and len(out) < room:
+            n = len(self._pending[0].prompt)
+            if out and used + n > self.prefill_tokens:
+                break
+            out.append(self._pending.popleft())
+            used += n
+        return out
+
     def _forward(self, input_ids: torch.Tensor, adapters: list[str], **kw: Any) -> torch.Tensor:
         if self.adapters:
             kw["adapter_names"] = adapters
         return self.model(input_ids=input_ids, use_cache=True, **kw).logits[:, -1, :]
 
-    def _admit(self, row: _Row, running: bool) -> None:
-        """Prefill `row` alone, sample its first token, and add it to the batch."""
+    def _prefill(self, rows: list[_Row]) -> tuple[Any, torch.Tensor, list[slice]]:
+        """One forward over `rows`' prompts (one adapter), packed back to back in one row
+        when there are several: (its DynamicCache, each row's last logits, each row's columns)."""
         from transformers import DynamicCache
 
-        if row.handle.cancelled.is_set():
-            self._finish(row, "cancelled")
+        lens = [len(r.prompt) for r in rows]
+        ends = list(itertools.accumulate(lens))
+        cols = [slice(e - n, e) for e, n in zip(ends, lens, strict=True)]
+        ids = torch.tensor([[t for r in rows for t in r.prompt]], device=self.device)
+        positions = torch.cat([torch.arange(n, device=self.device) for n in lens])[None]
+        kw: dict[str, Any] = {"position_ids": positions, self._cache_kw: DynamicCache()}
+        if len(rows) == 1:
+            kw.update(attention_mask=torch.ones_like(ids), logits_to_keep=1)
+        else:  # per-prompt causal attention (train/attention.py), logits at each prompt's end
+            cu = torch.tensor([0, *ends], dtype=torch.int32, device=self.device)
+            kw.update(
+                cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lens),
+                max_length_k=max(lens), logits_to_keep=torch.tensor(ends, device=self.device) - 1,
+            )  # fmt: skip
+        if self.adapters:
+            kw["adapter_names"] = [rows[0].adapter]
+        logits = self.model(input_ids=ids, use_cache=True, **kw).logits[0]
+        return kw[self._cache_kw], logits, cols
+
+    def _admit(self, rows: list[_Row], running: bool) -> None:
+        """Prefill `rows` (one adapter) together, sample their first tokens, add them to the
+        batch. If a packed prefill fails, each row is retried alone, so only a bad one fails."""
+        for r in [r for r in rows if r.handle.cancelled.is_set()]:
+            self._finish(r, "cancelled")
+        rows = [r for r in rows if not r.handle.cancelled.is_set()]
+        if not rows:
             return
+        if len(rows) > 1 and not self._packed_prefill:
+            for r in rows:
+                self._admit([r], running)
+            return
+        t0 = time.perf_counter()
         try:
-            n = len(row.prompt)
-            ids = torch.tensor([row.prompt], device=self.device)
-            cache = DynamicCache()
-            logits = self._forward(
-                ids,
-                [row.adapter],
-                attention_mask=torch.ones_like(ids),
-                position_ids=torch.arange(n, device=self.device)[None],
-                logits_to_keep=1,
-                **{self._cache_kw: cache},
-            )
-            token = sample_next(logits[0], row.params, row.gen)
+            cache, logits, cols = self._prefill(rows)
+            tokens = [sample_next(logits[i], r.params, r.gen) for i, r in enumerate(rows)]
         except Exception as exc:
-            log.exception("prefill failed for request %s", row.handle.id)
-            self._fail([row], exc)
+            if len(rows) > 1:
+                log.warning(
+                    "packed prefill of %d requests failed (%s); one at a time", len(rows), exc
+                )
+                for r in rows:
+                    self._admit([r], running)
+                return
+            log.exception("prefill failed for request %s", rows[0].handle.id)
+            self._fail(rows, exc)
             return
         with self._cv:
-            self._stats.prefills += 1
-            self._stats.prompt_tokens += n
-            self._stats.joined_running += running
-        if self._accept(row, token):
-            return
-        self._join(row, cache, n)
+            self._stats.prefills += len(rows)
+            self._stats.prefill_forwards += 1
+            self._stats.prompt_tokens += sum(len(r.prompt) for r in rows)
+            self._stats.prefill_seconds += time.perf_counter() - t0
+            self._stats.joined_running += running * len(rows)
+        for row, token, c in zip(rows, tokens, cols, strict=True):
+            if not self._accept(row, token):
+                self._join(row, cache, c)
 
-    def _join(self, row: _Row, cache: Any, n: int) -> None:
+    def _join(self, row: _Row, cache: Any, cols: slice) -> None:
+        n = cols.stop - cols.start
         mask = torch.ones(1, n, dtype=torch.long, device=self.device)
         if self._cache is None:
-            self._cache, self._mask = self._batch_cache.from_prefill(cache), mask
+            self._cache, self._mask = self._batch_cache.from_prefill(cache, cols), mask
         else:
             assert self._mask is not None
-            self._cache.add_row(cache)
+            self._cache.add_row(cache, cols)
             w = max(self._mask.shape[1], n)  # left-pad the shorter side
             pad = torch.nn.functional.pad
             self._mask = torch.cat(
@@ -428,6 +504,7 @@ class Engine:
         ids = torch.tensor([[r.next_token] for r in rows], device=self.device)
         mask = torch.cat([self._mask, self._mask.new_ones(len(rows), 1)], dim=1)
         positions = mask.sum(dim=1, keepdim=True) - 1  # (B, 1): real tokens before this one
+        t0 = time.perf_counter()
         try:
             logits = self._forward(
                 ids,
@@ -450,6 +527,7 @@ class Engine:
         with self._cv:
             self._stats.steps += 1
             self._stats.rows_stepped += len(rows)
+            self._stats.step_seconds += time.perf_counter() - t0
             self._stats.max_batch = max(self._stats.max_batch, len(rows))
         done = [self._accept(r, t) for r, t in zip(rows, tokens, strict=True)]
         full = [i for i, r in enumerate(rows) if not done[i] and self._room(r) <= 0]

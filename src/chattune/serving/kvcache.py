@@ -37,6 +37,7 @@ from transformers.cache_utils import DynamicLayer
 
 _COLUMN_QUANTUM = 64  # slabs are allocated in multiples of this many columns
 _MIN_ROWS = 4
+_ALL = slice(None)
 
 
 def _round_up(n: int, q: int) -> int:
@@ -69,7 +70,7 @@ class SlabLayer(DynamicLayer):
         width = self.hi - self.lo
         cap_rows, cap_cols = self.k_slab.shape[0], self.k_slab.shape[2]
         if cols > cap_cols or rows > cap_rows:
-            new_rows = max(rows, cap_rows)
+            new_rows = cap_rows if rows <= cap_rows else max(rows, 2 * cap_rows)
             new_cols = (
                 cap_cols
                 if cols <= cap_cols
@@ -110,13 +111,13 @@ class SlabLayer(DynamicLayer):
             extra = n - width
             if extra > self.lo or self.rows == self.k_slab.shape[0]:
                 # too few columns on the left, or no free row: move (and grow) the slabs
-                self._relocate(extra, n + _COLUMN_QUANTUM, 2 * self.rows)
+                self._relocate(extra, n + _COLUMN_QUANTUM, self.rows + 1)
             self.lo -= extra
             # the newly live columns of the other rows are padding: make them finite zeros
             self.k_slab[: self.rows, :, self.lo : self.lo + extra] = 0
             self.v_slab[: self.rows, :, self.lo : self.lo + extra] = 0
         elif self.rows == self.k_slab.shape[0]:
-            self._relocate(self.lo, self.k_slab.shape[2], 2 * self.rows)
+            self._relocate(self.lo, self.k_slab.shape[2], self.rows + 1)
         r, pad = self.rows, self.hi - n
         self.k_slab[r, :, self.lo : pad] = 0
         self.v_slab[r, :, self.lo : pad] = 0
@@ -151,18 +152,20 @@ class BatchCache(DynamicCache):
         self.layers = layers
 
     @classmethod
-    def from_prefill(cls, cache: DynamicCache) -> BatchCache:
-        """The batch from a prefill's `DynamicCache` (one request's, or a left-padded batch's)."""
-        return cls([SlabLayer(layer.keys, layer.values) for layer in cache.layers])
+    def from_prefill(cls, cache: DynamicCache, cols: slice = _ALL) -> BatchCache:
+        """The batch from a prefill's `DynamicCache` (one request's, or a left-padded batch's);
+        `cols`: the request's columns of a packed prefill."""
+        return cls([SlabLayer(x.keys[:, :, cols], x.values[:, :, cols]) for x in cache.layers])
 
     @property
     def rows(self) -> int:
         return self.layers[0].rows
 
-    def add_row(self, cache: DynamicCache) -> None:
-        """Add one prefilled request (a batch-1 `DynamicCache`), right-aligned."""
+    def add_row(self, cache: DynamicCache, cols: slice = _ALL) -> None:
+        """Add one prefilled request (a batch-1 `DynamicCache`; `cols`: the request's columns
+        of a packed prefill), right-aligned."""
         for mine, theirs in zip(self.layers, cache.layers, strict=True):
-            mine.add_row(theirs.keys, theirs.values)
+            mine.add_row(theirs.keys[:, :, cols], theirs.values[:, :, cols])
 
     def keep(self, rows: Sequence[int], start: int = 0) -> None:
         """Keep only `rows` and drop the first `start` columns (padding in every kept row)."""
@@ -178,20 +181,26 @@ class ConcatBatchCache(DynamicCache):
     """`BatchCache`'s interface over plain `DynamicLayer`s: joins and steps concatenate."""
 
     @classmethod
-    def from_prefill(cls, cache: DynamicCache) -> ConcatBatchCache:
+    def from_prefill(cls, cache: DynamicCache, cols: slice = _ALL) -> ConcatBatchCache:
         out = cls()
-        out.layers = list(cache.layers)
+        out.layers = []
+        for layer in cache.layers:
+            mine = DynamicLayer()
+            mine.lazy_initialization(layer.keys, layer.values)
+            mine.keys, mine.values = layer.keys[:, :, cols], layer.values[:, :, cols]
+            out.layers.append(mine)
         return out
 
     @property
     def rows(self) -> int:
         return self.layers[0].keys.shape[0]
 
-    def add_row(self, cache: DynamicCache) -> None:
+    def add_row(self, cache: DynamicCache, cols: slice = _ALL) -> None:
         for mine, theirs in zip(self.layers, cache.layers, strict=True):
-            w = max(mine.keys.shape[2], theirs.keys.shape[2])
-            mine.keys = torch.cat([_left_pad(mine.keys, w), _left_pad(theirs.keys, w)])
-            mine.values = torch.cat([_left_pad(mine.values, w), _left_pad(theirs.values, w)])
+            k, v = theirs.keys[:, :, cols], theirs.values[:, :, cols]
+            w = max(mine.keys.shape[2], k.shape[2])
+            mine.keys = torch.cat([_left_pad(mine.keys, w), _left_pad(k, w)])
+            mine.values = torch.cat([_left_pad(mine.values, w), _left_pad(v, w)])
 
     def keep(self, rows: Sequence[int], start: int = 0) -> None:
         idx = torch.tensor(rows, device=self.layers[0].keys.device)

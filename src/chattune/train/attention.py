@@ -15,6 +15,10 @@ conversation, so the cost is sum(L_i^2) instead of T^2.
 The name is registered with transformers' `AttentionInterface` but not with its mask
 interface, so the model builds no mask at all: the function must be given `cu_seq_lens_q`
 and refuses a batch without it (a padded batch needs a mask; use `sdpa` for those).
+
+Serving needs both: prompts prefilled packed, then padded batches decoded with a mask.
+`PACKED_OR_SDPA` (`register_serving()`) is `packed_sdpa_forward` when the call carries
+`cu_seq_lens_q` and transformers' `sdpa` (with its mask) otherwise.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from itertools import pairwise
 from typing import Any
 
 PACKED_ATTENTION = "chattune_packed"
+PACKED_OR_SDPA = "chattune_packed_or_sdpa"
 
 
 def packed_sdpa_forward(
@@ -79,3 +84,24 @@ def register() -> str:
 
     AttentionInterface.register(PACKED_ATTENTION, packed_sdpa_forward)
     return PACKED_ATTENTION
+
+
+def packed_or_sdpa_forward(
+    module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any
+) -> tuple[Any, Any]:
+    """`packed_sdpa_forward` for a packed call (with `cu_seq_lens_q`), else transformers' sdpa."""
+    if kwargs.get("cu_seq_lens_q") is not None:
+        return packed_sdpa_forward(module, query, key, value, attention_mask, **kwargs)
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def register_serving() -> str:
+    """Register `packed_or_sdpa_forward` (with sdpa's mask) under `PACKED_OR_SDPA`; idempotent."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(PACKED_OR_SDPA, packed_or_sdpa_forward)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(PACKED_OR_SDPA, sdpa_mask)
+    return PACKED_OR_SDPA
