@@ -2,10 +2,17 @@
 
 Loads SmolLM2-135M-Instruct as the model server does, submits `--requests` greedy chat
 requests at once (so they decode together, `--max-new-tokens` each) to `serving.engine.Engine`,
-and reports the run's tokens/s with each KV cache (`preallocated`, the default, and `concat`,
-transformers' DynamicCache way), alternating, `--repeats` times; then records torch.profiler's
-operator table of the same decode step made by hand (the engine's thread is not followed by
-the profiler) to bench/profiles/decode_engine.txt.
+and reports the run's tokens/s for three engines, alternating, `--repeats` times (median):
+
+    baseline     KV cache kept as transformers' DynamicCache (`concat`), prompts prefilled one
+                 at a time
+    +kv          the preallocated KV cache (`kvcache.BatchCache`)
+    +kv+packed   and the prompts that arrive together prefilled in one packed forward
+                 (chattune's default)
+
+and checks that all three decode the same text; then records torch.profiler's operator table
+of the same decode step made by hand (the engine's thread is not followed by the profiler) to
+bench/profiles/decode_engine.txt.
 
     .venv/bin/python bench/profile_decode.py --requests 16 --max-new-tokens 64
 """
@@ -64,30 +71,41 @@ def main(argv: list[str] | None = None) -> int:
     ]
     ids = [tok(t, add_special_tokens=False)["input_ids"] for t in ids]
     params = SamplingParams(max_new_tokens=a.max_new_tokens)
-    runs: dict[str, list[float]] = {"preallocated": [], "concat": []}
+    variants = {
+        "baseline": {"kv_cache": "concat", "packed_prefill": False},
+        "+kv": {"kv_cache": "preallocated", "packed_prefill": False},
+        "+kv+packed": {"kv_cache": "preallocated", "packed_prefill": True},
+    }
+    runs: dict[str, list[float]] = {k: [] for k in variants}
     texts: dict[str, list[str]] = {}
+    stats: dict[str, dict] = {}
     for rep in range(a.repeats):
-        order = list(runs) if rep % 2 == 0 else list(runs)[::-1]
-        for kind in order:
+        for name in list(variants) if rep % 2 == 0 else list(variants)[::-1]:
             engine = Engine(
-                model, tok, adapters=adapters, max_batch_size=max(16, a.requests), kv_cache=kind
-            )
+                model, tok, adapters=adapters, max_batch_size=max(16, a.requests),
+                **variants[name],
+            )  # fmt: skip
             engine.submit(ids[0], params).text()  # warm-up
+            before = engine.stats()
             t0 = time.perf_counter()
             handles = [engine.submit(x, params) for x in ids]
-            texts[kind] = [h.text() for h in handles]
+            texts[name] = [h.text() for h in handles]
             n = sum(h.completion_tokens for h in handles)
-            runs[kind].append(n / (time.perf_counter() - t0))
-            stats = engine.stats()
+            runs[name].append(n / (time.perf_counter() - t0))
+            after = engine.stats()
+            keys = ("prefill_forwards", "prefill_seconds", "steps", "step_seconds")
+            stats[name] = {k: round(after[k] - before[k], 2) for k in keys}
             engine.stop()
-    if texts["preallocated"] != texts["concat"]:
-        raise SystemExit("the two KV caches decoded different text")
+    if len({tuple(t) for t in texts.values()}) != 1:
+        raise SystemExit(f"the engines decoded different text: {texts}")
     med = {k: statistics.median(v) for k, v in runs.items()}
     engine_line = (
         f"engine: {a.requests} requests x {a.max_new_tokens} new tokens submitted at once, "
-        f"median of {a.repeats}: preallocated KV cache {med['preallocated']:.1f} tok/s, "
-        f"concat (DynamicCache) {med['concat']:.1f} tok/s = "
-        f"{med['preallocated'] / med['concat']:.2f}x (same text); engine stats {stats}\n"
+        f"median of {a.repeats}, same text from all: "
+        + ", ".join(
+            f"{k} {v:.1f} tok/s ({v / med['baseline']:.2f}x; {stats[k]})" for k, v in med.items()
+        )
+        + "\n"
     )
     # The engine decodes on its own thread, which torch.profiler does not follow: profile
     # the same decode step here, as the engine makes it (one BatchCache for the batch, left
