@@ -18,6 +18,11 @@ cost per token grows with the sequence length. Written as JSON and a PNG.
 Profile: torch.profiler's operator table of one `chattune` step and one `baseline` step,
 to bench/profiles/.
 
+`--compile`: whether `torch.compile` pays. The `chattune` step of the model wrapped in
+`torch.compile` against the same step eager, alternating: the first compiled step (compile
+time included), the steady step, a step on a batch of other conversations (new lengths:
+recompiles), and the break-even step count.
+
     .venv/bin/python bench/t1_fastpaths.py --steps 3
 """
 
@@ -82,12 +87,12 @@ def packed_batch(examples: list[dict[str, list[int]]], fast_logits: bool) -> dic
     return PackedCollator(flash_attn_kwargs=True, supervised_logits=fast_logits)(examples)
 
 
-def conversations_bin(data: list[dict[str, list[int]]], tokens: int) -> list[dict]:
-    """The first bin chattune's packer makes of the data: conversations as they are."""
+def conversations_bin(data: list[dict[str, list[int]]], tokens: int, index: int = 0) -> list[dict]:
+    """Bin `index` of those chattune's packer makes of the data: conversations as they are."""
     from chattune.train.packing import pack_batches
 
     bins = pack_batches([len(r["input_ids"]) for r in data], tokens, 42)
-    return [data[i] for i in bins[0]]
+    return [data[i] for i in bins[index]]
 
 
 def fixed_length_bin(data: list[dict[str, list[int]]], tokens: int, length: int) -> list[dict]:
@@ -149,6 +154,32 @@ def alternate(model: Any, opt: Any, batches: dict[str, tuple], steps: int) -> di
     }
 
 
+def compile_check(model: Any, opt: Any, batches: list[dict[str, Any]], steps: int) -> dict:
+    """Eager against `torch.compile(model)` on `chattune` steps (see the module doc)."""
+    import torch
+
+    compiled = torch.compile(model)
+    first = train_step(compiled, opt, batches[0], True)
+    pair = {"eager": (model, batches[0]), "compiled": (compiled, batches[0])}
+    walls: dict[str, list[float]] = {k: [] for k in pair}
+    for rnd in range(steps):
+        for name in pair if rnd % 2 == 0 else list(pair)[::-1]:
+            m, b = pair[name]
+            walls[name].append(train_step(m, opt, b, True)["wall_s"])
+    other = train_step(compiled, opt, batches[1], True)
+    eager, comp = (statistics.median(walls[k]) for k in ("eager", "compiled"))
+    gain = eager - comp
+    return {
+        "first_compiled_step_s": first["wall_s"],
+        "eager_median_s": eager,
+        "compiled_median_s": comp,
+        "speedup": eager / comp,
+        "new_lengths_step_s": other["wall_s"],
+        "break_even_steps": (first["wall_s"] - comp) / gain if gain > 0 else None,
+        "steps": walls,
+    }
+
+
 def profile_step(model: Any, opt: Any, batch: dict[str, Any], attn: bool, path: Path) -> None:
     from torch.profiler import ProfilerActivity, profile
 
@@ -187,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", type=Path, default=BENCH.parent / ".demo" / "chitchat_dataset")
     ap.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
     ap.add_argument("--no-scaling", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="measure torch.compile too")
     ap.add_argument("--results-dir", type=Path, default=BENCH / "results")
     ap.add_argument("--work-dir", type=Path, default=Path("/tmp/chattune-bench"))
     a = ap.parse_args(argv)
@@ -219,6 +251,20 @@ def main(argv: list[str] | None = None) -> int:
     profile_step(model, opt, batches["chattune"][0], True, profiles / "train_step_chattune.txt")
     profile_step(model, opt, batches["baseline"][0], False, profiles / "train_step_baseline.txt")
 
+    compiled = None
+    if a.compile:
+        other = conversations_bin(data, a.tokens, index=1)
+        compiled = compile_check(
+            model, opt, [batches["chattune"][0], packed_batch(other, True)], a.steps
+        )
+        print(
+            f"  torch.compile: first step {compiled['first_compiled_step_s']:.1f} s, "
+            f"steady {compiled['compiled_median_s']:.2f} s vs eager "
+            f"{compiled['eager_median_s']:.2f} s (x{compiled['speedup']:.2f}), new lengths "
+            f"{compiled['new_lengths_step_s']:.1f} s, break-even {compiled['break_even_steps']}",
+            flush=True,
+        )
+
     scaling: dict[str, dict[int, float]] = {"baseline": {}, "chattune": {}}
     if not a.no_scaling:
         for length in (int(x) for x in a.lengths.split(",")):
@@ -246,9 +292,15 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "T1 fast paths and scaling",
             "machine": machine_record(),
             "versions": versions(),
-            "settings": {"steps": a.steps, "tokens": a.tokens, "model_dir": str(model_dir)},
+            "settings": {
+                "steps": a.steps,
+                "tokens": a.tokens,
+                "model_dir": str(model_dir),
+                "compile": a.compile,
+            },
             "fp32_matmul_gflops": fp32,
             "fast_paths": fast,
+            "torch_compile": compiled,
             "scaling_tok_s": scaling,
             "peak_rss_mb": peak_rss_mb(),
         },

@@ -58,6 +58,11 @@ if TYPE_CHECKING:  # transformers is imported by the engine thread, not by `prot
 log = logging.getLogger("chattune.serving")
 
 
+# Most rows decoded together. With 16, half of 32 concurrent requests queued (BENCHMARKS.md,
+# T2 sweep: time to first token 16 s); the KV cache grows only with the live rows.
+DEFAULT_MAX_BATCH = 32
+
+
 class EngineError(ChattuneError):
     """Generation failed inside the engine (the request's, not the server's, failure)."""
 
@@ -269,7 +274,7 @@ class Engine:
         adapters: Sequence[str] = (),
         default_adapter: str | None = None,
         eos_ids: Sequence[int] | None = None,
-        max_batch_size: int = 16,
+        max_batch_size: int = DEFAULT_MAX_BATCH,
         context_length: int | None = None,
         kv_cache: str = "preallocated",
         prefill_tokens: int = 1024,

@@ -39,7 +39,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from chattune.serving.chat import ChatPrompter
-from chattune.serving.engine import Engine, EngineError, Handle
+from chattune.serving.engine import DEFAULT_MAX_BATCH, Engine, EngineError, Handle
 from chattune.serving.errors import HTTPProblem, install_error_handlers
 from chattune.serving.protocol import (
     ChatCompletionRequest,
@@ -128,7 +128,7 @@ def create_app(
     *,
     adapters: dict[str, Path] | None = None,
     served_name: str = "model",
-    max_batch_size: int = 16,
+    max_batch_size: int = DEFAULT_MAX_BATCH,
     engine: Engine | None = None,
     exit_on_load_failure: bool = False,
 ) -> FastAPI:
@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--served-name", required=True, help="model name in OpenAI answers")
-    ap.add_argument("--max-batch-size", type=int, default=16)
+    ap.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH)
     ap.add_argument("--parent-pid", type=int, help="exit when this process is gone")
     ap.add_argument("--torch-threads", type=int, help="CPU threads per op (default: torch's); "
                     "instances sharing a CPU should split its cores")  # fmt: skip
