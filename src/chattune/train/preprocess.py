@@ -21,6 +21,13 @@ Labels are -100 except on assistant messages: their content and the end-of-turn 
 template writes after it (`<|im_end|>`, `<|end|>`, `<|eot_id|>`), so the model learns to stop.
 `ChatEncoder` says how the spans are found.
 
+With `workers` >= 2 (the default "auto": one per CPU) and at least `pool_min_rows` valid rows,
+the rendering, tokenizing and labelling run in worker processes (`preprocess_pool`), started
+in the background while this process loads the tokenizer and checks the rows; the files
+written are byte-identical to a one-process run. The module that starts the step must be
+importable without side effects (the `if __name__ == "__main__":` idiom), as for any
+multiprocessing program that does not fork.
+
 Example:
     >>> cfg = PreprocessConfig(train_file="d/train_sft.jsonl", test_file="d/test_sft.jsonl",
     ...                        model_dir="models/smol", max_seq_length=-1, output_dir="out")

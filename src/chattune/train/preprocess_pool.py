@@ -43,8 +43,12 @@ from chattune.train.chat_encoder import ChatEncoder, Encoded, Messages, Template
 
 T = TypeVar("T")
 
-# Fewer valid rows than this: stay in this process. Measured (bench/README.md, T3): a pool
-# pays back its start (about 1 s of one core) from about 4,000 SmolLM2-sized conversations.
+# Fewer valid rows than this: stay in this process. From the development measurements
+# (bench/README.md, T3): a pool costs about 1.5 s of CPU to start (the fork server's imports
+# 0.8-0.9 s, each worker's tokenizer about 0.3 s), and the one-process path already keeps
+# about 1.5 of 2 cores busy (~1.5 ms of CPU per SmolLM2-sized conversation), so the pool can
+# win at most the idle half core: below ~4,000 conversations (~6 s of CPU) that is less than
+# its start.
 POOL_MIN_ROWS = 4096
 _WINDOW_PER_WORKER = 2  # batches submitted per worker ahead of the one being written
 _WORKER_PIECE = 256  # conversations a worker encodes at a time
