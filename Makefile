@@ -72,7 +72,7 @@ bench: bench-inputs
 
 bench-scaling: bench-inputs
 	set -o pipefail; ( \
-	  $(PY) bench/t1_fastpaths.py --steps 2 --lengths 128,512,2048 && \
+	  $(PY) bench/t1_fastpaths.py --steps 2 --lengths 128,512,2048 --compile && \
 	  $(PY) bench/t2_serving.py --sweep \
 	) $(BENCH_LOG)
 
