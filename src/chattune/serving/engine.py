@@ -1,8 +1,9 @@
 """The inference engine: one model, continuous batching on a background thread.
 
     submit(prompt_ids, params, adapter) -> Handle  (any thread or an asyncio loop)
-        queue -> prefill alone -> joins the running batch -> one decode step per token for
-        every row at once -> leaves as soon as it stops (eos, end of turn, stop string,
+        queue -> prefill (requests that arrive together: one packed forward, up to
+        `prefill_tokens`) -> joins the running batch -> one decode step per token for every
+        row at once -> leaves as soon as it stops (eos, end of turn, stop string,
         max_new_tokens, cancel)
 
 The batch is one `kvcache.BatchCache` (preallocated: a step writes a column in place) whose
@@ -10,12 +11,12 @@ rows are left-padded to a common length T:
 
     keys/values (B, heads, T, head_dim)   mask (B, T): 1 real token, 0 padding
 
-A joining request is prefilled alone (no padding, so no fully masked query row whose NaNs
-could reach the cache), then its KV row is written in, right-aligned (the batch's region
-extends left with zeros when the newcomer is longer). `position_ids` count only real
-tokens, so a row's logits do not depend on its neighbours (up to float summation order).
-Leaving rows are compacted with `index_select`, and columns that are padding in every row
-are trimmed.
+Prompts are prefilled without padding (alone, or packed back to back in one row with
+attention per prompt), so no fully masked query row can put NaNs in the cache; then each
+request's KV row is written in, right-aligned (the batch's region extends left with zeros
+when the newcomer is longer). `position_ids` count only real tokens, so a row's logits do
+not depend on its neighbours (up to float summation order). Leaving rows are compacted with
+`index_select`, and columns that are padding in every row are trimmed.
 
 LoRA: rows of different adapters share one forward pass through PEFT's mixed-batch LoRA
 (`adapter_names=[...]` per row, `"__base__"` for none; peft/tuners/lora/layer.py
