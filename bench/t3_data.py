@@ -10,7 +10,7 @@ Contenders, each step in its own process, each from that same file to trainable 
                (the CLI's `main`, in-process: read, convert to the ultrachat schema, write);
             2. preprocess: `run_preprocess` (render the chat template, tokenize, label the
                assistant tokens, truncate to 512, split 80/10/10, write parquet) with
-               `workers` = `--workers` (default `--num-proc`) processes;
+               `workers` = `--workers` (default: the product's default, "auto");
             3. pack: the finetune step's data loading and packing plan
                (`chattune.train.finetune._datasets`: read train/validation parquet,
                `pack_batches` into bins of batch x 512 tokens), the last work before the
@@ -541,12 +541,13 @@ def main(argv: list[str] | None = None) -> int:
         "--num-proc",
         type=int,
         default=os.cpu_count() or 1,
-        help="TRL's dataset_num_proc, chattune's tokenizer threads and preprocess workers",
+        help="TRL's dataset_num_proc and chattune's tokenizer threads",
     )
     ap.add_argument(
         "--workers",
         type=int,
-        help="chattune's preprocess worker processes (default: --num-proc; 1: in-process)",
+        help="chattune's preprocess worker processes (default: PreprocessConfig's 'auto'; "
+        "1: in-process)",
     )
     ap.add_argument("--contenders", default=",".join(CONTENDERS))
     ap.add_argument("--results-dir", type=Path, default=BENCH / "results")
@@ -590,8 +591,8 @@ def main(argv: list[str] | None = None) -> int:
         "num_proc": a.num_proc,
         "seed": a.seed,
         "chattune_threads": f"RAYON_NUM_THREADS={a.num_proc} (the Rust tokenizer's pool)",
-        "workers": a.workers or a.num_proc,
-        "chattune_workers": f"PreprocessConfig(workers={a.workers or a.num_proc}): worker "
+        "workers": a.workers or "auto",
+        "chattune_workers": f"PreprocessConfig(workers={a.workers or 'auto'}): worker "
         "processes with 1 tokenizer thread each from 2 on, in-process below pool_min_rows",
         "trl_dataset_num_proc": a.num_proc,
         "timed": "from before the tokenizer and data are loaded to the end of packing",

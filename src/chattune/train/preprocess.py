@@ -21,9 +21,10 @@ Labels are -100 except on assistant messages: their content and the end-of-turn 
 template writes after it (`<|im_end|>`, `<|end|>`, `<|eot_id|>`), so the model learns to stop.
 `ChatEncoder` says how the spans are found.
 
-With `workers` >= 2 (the default "auto": one per CPU) and at least `pool_min_rows` valid rows,
-the rendering, tokenizing and labelling run in worker processes (`preprocess_pool`), started
-in the background while this process loads the tokenizer and checks the rows; the files
+With `workers` >= 2 (the default "auto": one per CPU from 3 CPUs on) and at least
+`pool_min_rows` valid rows, the rendering, tokenizing and labelling run in worker processes
+(`preprocess_pool`), started in the background while this process loads the tokenizer and
+checks the rows; the files
 written are byte-identical to a one-process run. The module that starts the step must be
 importable without side effects (the `if __name__ == "__main__":` idiom), as for any
 multiprocessing program that does not fork.
@@ -92,6 +93,10 @@ from chattune.train.preprocess_report import (  # noqa: F401  (re-exported)
 Log = Callable[[str], None]
 
 MIN_TRAIN_ROWS = 10
+# With 2 CPUs the one-process path already keeps about 1.5 of them busy (the tokenizer runs in
+# a thread pool beside the Python work) and the workers measured no faster (bench/README.md,
+# T3): 'auto' starts workers only from 3 CPUs on, where one process cannot use the rest.
+AUTO_MIN_CPUS = 3
 _CHUNK = 1024  # conversations rendered and tokenized per batch (a worker's unit of work)
 _LOG_EVERY = 20_000  # conversations between progress lines
 
@@ -114,8 +119,8 @@ class PreprocessConfig(BaseModel):
     seed: int = Field(42, description="Recorded in the cache key; the cuts are contiguous.")
     workers: int | Literal["auto"] = Field(
         "auto",
-        description="Worker processes that render, tokenize and label: 'auto' = the CPUs this "
-        "process may run on; 1 = all in this process.",
+        description="Worker processes that render, tokenize and label: 'auto' = one per CPU "
+        "this process may run on from 3 CPUs on, else 1; 1 = all in this process.",
     )
     pool_min_rows: int = Field(
         POOL_MIN_ROWS,
@@ -145,13 +150,15 @@ class PreprocessConfig(BaseModel):
         return {k: Path(v) for k, v in files.items() if v is not None}
 
     def worker_count(self) -> int:
-        """`workers` resolved: 'auto' is the number of CPUs this process may run on."""
+        """`workers` resolved: 'auto' is one per CPU this process may run on from
+        `AUTO_MIN_CPUS` CPUs on, and 1 (this process) below."""
         if self.workers != "auto":
             return int(self.workers)
         try:
-            return len(os.sched_getaffinity(0)) or 1
+            cpus = len(os.sched_getaffinity(0)) or 1
         except AttributeError:  # no affinity on this platform
-            return os.cpu_count() or 1
+            cpus = os.cpu_count() or 1
+        return cpus if cpus >= AUTO_MIN_CPUS else 1
 
 
 class TooFewTrainingRows(DatasetInvalid):
