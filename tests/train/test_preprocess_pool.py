@@ -209,3 +209,33 @@ def test_the_cache_key_ignores_how_the_work_runs(tmp_path: Path, tiny_llama_dir:
         for w, m in ((1, 0), (2, 0), ("auto", 4096))
     }
     assert len(keys) == 1
+
+
+def test_workers_started_after_the_check_write_the_same(
+    tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    """A .json file gives no line count up front: the pool starts after the rows are checked."""
+    train = write_jsonl(tmp_path / "train.json", mixed_rows())
+    one = run(tmp_path, tiny_llama_dir, "one", 1, train_file=train)
+    two = run(tmp_path, tiny_llama_dir, "two", 2, train_file=train)
+    assert "encoding in 2 worker processes" in two.text and "this process" in one.text
+    assert digests(tmp_path / "one") == digests(tmp_path / "two")
+
+
+def test_too_few_valid_rows_close_an_early_pool(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    """60 lines start the workers early; 49 valid rows, under pool_min_rows 55, do not use them."""
+    train = write_jsonl(tmp_path / "train.jsonl", mixed_rows())
+    logs = Logs()
+    cfg = PreprocessConfig(
+        train_file=train,
+        model_dir=tiny_llama_dir,
+        max_seq_length=160,
+        output_dir=tmp_path / "out",
+        workers=2,
+        pool_min_rows=55,
+    )
+    report = run_preprocess(cfg, logs)
+    assert "encoding in this process" in logs.text
+    valid = sum(kind(i) in ("good", "truncated_no_assistant") for i in range(60))
+    assert valid < 55
+    assert sum(report.splits[s].rows_in for s in ("train", "validation", "test")) == valid

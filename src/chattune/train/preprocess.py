@@ -202,8 +202,8 @@ def run_preprocess(cfg: PreprocessConfig, log: Log = print) -> PreprocessReport:
     # worker processes start in the background when the files hold enough rows, while this
     # process loads the tokenizer and checks the rows; small inputs never start them
     workers = cfg.worker_count()
-    hint = rows_hint(cfg)
-    early = workers > 1 and hint is not None and hint >= cfg.pool_min_rows
+    hint = rows_hint(cfg) if workers > 1 else None
+    early = hint is not None and hint >= cfg.pool_min_rows
     if early:
         warm_up()
     from transformers import AutoTokenizer
