@@ -66,8 +66,8 @@ bench: bench-inputs
 	  $(PY) bench/t1_training.py --steps 3 --repeats 3 && \
 	  $(PY) bench/t1_fastpaths.py --steps 2 --no-scaling && \
 	  $(PY) bench/t2_serving.py && \
-	  $(PY) bench/profile_decode.py --requests 16 --max-new-tokens 32 --repeats 3 && \
-	  $(PY) bench/t3_data.py --conversations 8000 \
+	  $(PY) bench/profile_decode.py --requests 16 --max-new-tokens 24 --repeats 3 && \
+	  $(PY) bench/t3_data.py --conversations 6000 \
 	) $(BENCH_LOG)
 
 bench-scaling: bench-inputs
