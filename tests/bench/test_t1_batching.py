@@ -3,25 +3,17 @@ for their tokens only, and best fit never needs more rows than filling in order.
 
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.bench.conftest import load_bench
 
 
 @pytest.fixture(scope="module")
 def t1b() -> Any:
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("t1_batching", BENCH / "t1_batching.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("t1_batching")
 
 
 def test_padded_batches_compute_their_longest_row(t1b: Any) -> None:

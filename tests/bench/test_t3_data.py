@@ -3,25 +3,18 @@ that the drops do not explain (the timing itself is not tested here)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.bench.conftest import load_bench
 
 
 @pytest.fixture(scope="module")
 def t3() -> Any:
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("t3_data", BENCH / "t3_data.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("t3_data")
 
 
 def test_data_is_a_seeded_resample_of_chitchat_written_once(t3: Any, tmp_path: Path) -> None:
