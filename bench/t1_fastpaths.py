@@ -60,7 +60,9 @@ VARIANTS = {  # name: (packed attention, supervised logits)
 LENGTHS = (128, 256, 512, 1024, 2048)
 
 
-def load_lora(model_dir: Path) -> Any:
+def load_lora(model_dir: Path, bf16: bool = False) -> Any:
+    """SmolLM2 + LoRA r=16 as chattune's finetune step builds it: with `bf16`, the frozen base
+    in bf16 and the adapters in fp32 (PEFT's default upcast), steps under bf16 autocast."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -68,7 +70,8 @@ def load_lora(model_dir: Path) -> Any:
     from chattune.train.attention import register
 
     register()
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
     cfg = LoraConfig(
         r=16, lora_alpha=32, lora_dropout=0.0, target_modules=LORA_TARGETS, task_type="CAUSAL_LM"
     )
@@ -107,8 +110,17 @@ def fixed_length_bin(data: list[dict[str, list[int]]], tokens: int, length: int)
     ]
 
 
-def train_step(model: Any, opt: Any, batch: dict[str, Any], packed_attention: bool) -> dict:
-    """One optimizer step; wall and process CPU seconds (steadier on a shared machine)."""
+def train_step(
+    model: Any, opt: Any, batch: dict[str, Any], packed_attention: bool, bf16: bool = False
+) -> dict:
+    """One optimizer step; wall and process CPU seconds (steadier on a shared machine).
+
+    `bf16`: the forward under `torch.autocast("cpu", bfloat16)`, as accelerate wraps it when
+    the Trainer runs with `bf16=True` (chattune's finetune step with precision bf16/16)."""
+    import contextlib
+
+    import torch
+
     model.base_model.model.config._attn_implementation = (
         "chattune_packed" if packed_attention else "sdpa"
     )
@@ -116,8 +128,10 @@ def train_step(model: Any, opt: Any, batch: dict[str, Any], packed_attention: bo
     if not packed_attention:  # sdpa builds the block mask from position_ids
         for k in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k"):
             b.pop(k, None)
+    amp = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     w0, c0 = time.perf_counter(), time.process_time()
-    loss = model(**b).loss
+    with amp:
+        loss = model(**b).loss
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -180,11 +194,42 @@ def compile_check(model: Any, opt: Any, batches: list[dict[str, Any]], steps: in
     }
 
 
-def profile_step(model: Any, opt: Any, batch: dict[str, Any], attn: bool, path: Path) -> None:
+def precision_check(model_dir: Path, model: Any, opt: Any, batch: dict, steps: int) -> dict:
+    """The `chattune` step in fp32 against the same step in bf16 (base weights bf16, adapters
+    fp32, autocast), alternating, a warm-up round first; the median step counts. Also the
+    held-out-free check that bf16 trains: its loss on the batch must stay within 2% of fp32's."""
+    import torch
+
+    bf = load_lora(model_dir, bf16=True)
+    bf_opt = torch.optim.AdamW([p for p in bf.parameters() if p.requires_grad], lr=1e-5)
+    pair = {"fp32": (model, opt, False), "bf16": (bf, bf_opt, True)}
+    out: dict[str, list[dict]] = {k: [] for k in pair}
+    for rnd in range(steps + 1):
+        for name in pair if rnd % 2 == 0 else list(pair)[::-1]:
+            m, o, amp = pair[name]
+            r = train_step(m, o, batch, True, bf16=amp)
+            if rnd:
+                out[name].append(r)
+    res = {
+        name: {
+            "median_wall_s": statistics.median(r["wall_s"] for r in rs),
+            "tok_s": batch["input_ids"].numel() / statistics.median(r["wall_s"] for r in rs),
+            "losses": [r["loss"] for r in rs],
+        }
+        for name, rs in out.items()
+    }
+    res["speedup"] = res["fp32"]["median_wall_s"] / res["bf16"]["median_wall_s"]
+    res["model"], res["opt"] = bf, bf_opt
+    return res
+
+
+def profile_step(
+    model: Any, opt: Any, batch: dict[str, Any], attn: bool, path: Path, bf16: bool = False
+) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        train_step(model, opt, batch, attn)
+        train_step(model, opt, batch, attn, bf16=bf16)
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(table + "\n")
@@ -225,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from chattune.compute.machine import cpu_bf16_supported
+
     model_dir = (a.model_dir or default_model_dir()).resolve()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     prep, _ = _prepare(model_dir, a.data_dir.resolve(), 512, a.work_dir / f"t1f-{stamp}")
@@ -250,6 +297,21 @@ def main(argv: list[str] | None = None) -> int:
     profiles = BENCH / "profiles"
     profile_step(model, opt, batches["chattune"][0], True, profiles / "train_step_chattune.txt")
     profile_step(model, opt, batches["baseline"][0], False, profiles / "train_step_baseline.txt")
+
+    precision = None
+    if cpu_bf16_supported():  # emulated bf16 is ~100x slower: nothing to measure without it
+        precision = precision_check(model_dir, model, opt, batches["chattune"][0], a.steps)
+        bf, bf_opt = precision.pop("model"), precision.pop("opt")
+        print(
+            f"  precision: fp32 {precision['fp32']['median_wall_s']:.2f} s/step, bf16 "
+            f"{precision['bf16']['median_wall_s']:.2f} s/step (x{precision['speedup']:.2f})",
+            flush=True,
+        )
+        profile_step(
+            bf, bf_opt, batches["chattune"][0], True,
+            profiles / "train_step_chattune_bf16.txt", bf16=True,
+        )  # fmt: skip
+        del bf, bf_opt
 
     compiled = None
     if a.compile:
@@ -300,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "fp32_matmul_gflops": fp32,
             "fast_paths": fast,
+            "precision_bf16": precision,
             "torch_compile": compiled,
             "scaling_tok_s": scaling,
             "peak_rss_mb": peak_rss_mb(),

@@ -5,7 +5,8 @@ max_seq_length 512, and for every contender the same batch (4 sequences of at mo
 per optimizer step, no gradient accumulation), steps, learning rate, schedule and seed:
 
   chattune     `chattune.train.finetune.run_finetune` on the output of `run_preprocess`
-               (its defaults: padding-free packing, assistant-only labels, precision "32")
+               (its defaults: padding-free packing, assistant-only labels), precision bf16
+               where `cpu_bf16_supported()` (as `trl_best`), else "32"
   trl_default  `trl.SFTTrainer` with its defaults (padded batches, gradient checkpointing,
                loss on every token), fp32: TRL's own default `bf16=True` is turned off
                because this CPU has no bf16 instructions (see below)
@@ -21,8 +22,8 @@ the loss on the same held-out rows (the first `--eval-rows` of test_sft, tokeniz
 chattune's preprocess with assistant-only labels) taken once the contender has trained on
 `--eval-tokens` supervised tokens, and the fraction of the compute bound: LoRA costs about
 4N FLOPs per token (N = base parameters; forward 2N, backward through activations 2N, the
-attention term is left out at these lengths), and the bound is the fp32 matmul GFLOP/s
-measured at the start of the run.
+attention term is left out at these lengths), and the bound is the matmul GFLOP/s
+(bf16 where the CPU has it, else fp32) measured at the start of the run.
 
     .venv/bin/python bench/t1_training.py --steps 8 --repeats 3
     .venv/bin/python bench/t1_training.py --steps 2 --repeats 1   # smoke run, a few minutes
@@ -101,10 +102,12 @@ def _held_out_loss(model: Any, rows: list[dict[str, list[int]]]) -> float:
 
 
 def _run_chattune(spec: dict[str, Any], work: Path) -> dict[str, Any]:
+    from chattune.compute.machine import cpu_bf16_supported
     from chattune.train.finetune import FinetuneConfig, run_finetune
     from chattune.train.params import FinetuneParams
 
     params = FinetuneParams(
+        precision="bf16" if cpu_bf16_supported() else "32",  # the same rule as trl_best
         max_steps=spec["steps"],
         per_device_train_batch_size=spec["batch_size"],
         learning_rate=spec["learning_rate"],
@@ -290,7 +293,7 @@ def _check(name: str, res: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _table(summary: dict[str, dict[str, float]], bound_tok_s: float) -> str:
+def _table(summary: dict[str, dict[str, float]], bound_tok_s: float, dtype: str) -> str:
     head = (
         f"{'contender':<12} {'sup tok/s':>10} {'x TRL def':>9} {'proc tok/s':>10} "
         f"{'peak RSS MB':>11} {'eval loss':>9} {'@sup tok':>9} {'% bound':>8}"
@@ -302,7 +305,7 @@ def _table(summary: dict[str, dict[str, float]], bound_tok_s: float) -> str:
             f"{s['processed_tok_s']:>10.1f} {s['peak_rss_mb']:>11.0f} {s['eval_loss']:>9.4f} "
             f"{s['eval_supervised_tokens']:>9.0f} {100 * s['bound_fraction']:>7.2f}%"
         )
-    lines.append(f"compute bound: {bound_tok_s:.0f} tok/s (fp32 matmul peak / 4N); % bound is of")
+    lines.append(f"compute bound: {bound_tok_s:.0f} tok/s ({dtype} matmul peak / 4N); % bound is of")
     lines.append("supervised tokens; proc tok/s counts every token in the batch, padding included")
     return "\n".join(lines)
 
@@ -346,7 +349,12 @@ def main(argv: list[str] | None = None) -> int:
         prep, a.steps, a.batch_size, a.max_seq_length
     )
     fp32_gflops = matmul_gflops("float32")
-    bf16_gflops = matmul_gflops("bfloat16", n=256, seconds=0.5)
+    from chattune.compute.machine import cpu_bf16_supported
+
+    hw_bf16 = cpu_bf16_supported()  # emulated bf16 is ~100x slower: a small probe is enough
+    bf16_gflops = matmul_gflops("bfloat16", **({} if hw_bf16 else {"n": 256, "seconds": 0.5}))
+    # the bound is the precision the contenders train in: bf16 where the CPU has it
+    peak_gflops, peak_dtype = (bf16_gflops, "bf16") if hw_bf16 else (fp32_gflops, "fp32")
     print(f"fp32 matmul {fp32_gflops:.1f} GFLOP/s; bf16 {bf16_gflops:.2f} GFLOP/s", flush=True)
     settings = {
         "model": MODEL_NAME,
@@ -407,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     n_params = next((r["base_parameters"] for r in runs), 0)
-    bound_tok_s = fp32_gflops * 1e9 / (4 * n_params) if n_params else math.nan
+    bound_tok_s = peak_gflops * 1e9 / (4 * n_params) if n_params else math.nan
     summary: dict[str, dict[str, float]] = {}
     for name in names:
         mine = [r for r in runs if r["contender"] == name]
@@ -439,13 +447,14 @@ def main(argv: list[str] | None = None) -> int:
         "bf16_matmul_gflops": bf16_gflops,
         "base_parameters": n_params,
         "bound_tok_s": bound_tok_s,
+        "bound_dtype": peak_dtype,
         "summary": summary,
         "runs": runs,
         "problems": problems,
     }
     out = a.results_dir / f"t1-{stamp}.json"
     write_json(out, result)
-    print(_table(summary, bound_tok_s))
+    print(_table(summary, bound_tok_s, peak_dtype))
     print(f"results: {out}")
     if problems:
         print("FAILED checks:\n  " + "\n  ".join(problems), file=sys.stderr)

@@ -31,12 +31,16 @@ CONV = [
 
 @pytest.fixture(scope="module")
 def server(chatty_llama_dir, llama_adapters, tmp_path_factory) -> ServerProc:
-    """One server for the module; `seen` records /ready and /health while it loaded."""
+    """One server for the module; `seen` records /ready and /health while it loaded.
+
+    fp32, as the reference: the default (auto) is bf16 on a CPU with bf16 instructions, and
+    greedy text in bf16 parts from fp32's after a few tokens."""
     log = tmp_path_factory.mktemp("ms") / "server.log"
     flags = [f"--adapter={n}={p}" for n, p in llama_adapters.items()]
     srv = start_model_server(
-        chatty_llama_dir, log, *flags, "--max-batch-size", "16", "--torch-threads", "1"
-    )
+        chatty_llama_dir, log, *flags, "--max-batch-size", "16", "--torch-threads", "1",
+        "--dtype", "float32",
+    )  # fmt: skip
     try:
         srv.seen = []  # type: ignore[attr-defined]
         deadline = time.monotonic() + 120
@@ -355,6 +359,34 @@ def test_sse_wire_format(server):
 
 def test_model_dir_path_is_reported(server):
     info = httpx.get(f"{server.url}/stats").json()
-    assert info["kind"] == "hf" and info["dtype"] in ("float32", "bfloat16")
+    assert info["kind"] == "hf" and info["dtype"] == "float32"
     assert sorted(info["adapters"]) == ["a1", "a2"]
     assert Path(info["model_dir"]).is_dir()
+
+
+def test_dtype_auto_follows_the_hardware_and_bf16_answers(chatty_llama_dir, model_server_factory):
+    """auto is bf16 exactly where the CPU runs bf16 in hardware; an explicit bfloat16 serves
+    (emulated where it must be) and answers the reference prompt in bf16."""
+    from chattune.compute.machine import cpu_bf16_supported
+
+    auto = model_server_factory(chatty_llama_dir, "--torch-threads", "1")
+    want = "bfloat16" if cpu_bf16_supported() else "float32"
+    assert httpx.get(f"{auto.url}/stats").json()["dtype"] == want
+    bf = model_server_factory(
+        chatty_llama_dir, "--torch-threads", "1", "--dtype", "bfloat16", wait=True
+    )
+    assert httpx.get(f"{bf.url}/stats").json()["dtype"] == "bfloat16"
+    r = httpx.post(f"{bf.url}/v1/chat/completions", timeout=60,
+                   json={"messages": CONV[:2], "max_tokens": 4, "temperature": 0})  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] >= 1
+
+
+def test_unknown_dtype_is_refused_at_the_command_line(chatty_llama_dir, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "chattune.serving.model_server", "--model-dir",
+         str(chatty_llama_dir), "--port", "1", "--served-name", "x", "--dtype", "fp8"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "--dtype" in proc.stderr and "float32" in proc.stderr

@@ -183,13 +183,34 @@ def load_tokenizer(ckpt: Checkpoint) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def serving_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on GPUs and on CPUs with bf16 instructions, else fp32 (emulated bf16 is ~500x
-    slower than fp32 on CPUs without them)."""
+SERVING_DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPE_ENV = "CHATTUNE_SERVING_DTYPE"  # the model server's --dtype default (instances inherit it)
+
+
+def serving_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
+    """The weights' dtype of a model server.
+
+    Args:
+        device: where the model runs.
+        requested: "auto" (bf16 on GPUs and on CPUs with bf16 instructions, else fp16 on GPUs
+            and fp32 on CPUs: emulated bf16 is ~100x slower than fp32 on CPUs without them;
+            measured 1.8-2.2x faster decode than fp32 on an AVX512-BF16 CPU, BENCHMARKS.md),
+            or one of "float32", "bfloat16", "float16" as it is.
+
+    Raises:
+        InvalidParameter: `requested` is none of `SERVING_DTYPES`.
+    """
     import torch
 
     from chattune.compute.machine import cpu_bf16_supported
 
+    if requested not in SERVING_DTYPES:
+        raise InvalidParameter(
+            f"dtype {requested!r} is not one of {', '.join(SERVING_DTYPES)}",
+            fix="pass --dtype auto (or set CHATTUNE_SERVING_DTYPE=auto)",
+        )
+    if requested != "auto":
+        return getattr(torch, requested)
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_bf16_supported() else torch.float32

@@ -2,7 +2,7 @@
 
     python -m chattune.serving.model_server --model-dir PATH [--adapter NAME=PATH ...]
         --host 127.0.0.1 --port P --served-name NAME [--max-batch-size 16] [--parent-pid PID]
-        [--torch-threads N]
+        [--torch-threads N] [--dtype auto|float32|bfloat16|float16]
 
 It listens at once and loads the model on a thread: `GET /health` is 200 while the process
 and the engine thread live (503 once the engine thread died), `GET /ready` is 503 until the
@@ -81,9 +81,10 @@ class ServerState:
 
 
 def load_engine(
-    model_dir: Path, adapters: dict[str, Path], max_batch_size: int
+    model_dir: Path, adapters: dict[str, Path], max_batch_size: int, dtype_name: str = "auto"
 ) -> tuple[Engine, dict[str, Any]]:
-    """Resolve, load and start the engine of `model_dir` (with `adapters`)."""
+    """Resolve, load and start the engine of `model_dir` (with `adapters`) in `dtype_name`
+    (see `loader.serving_dtype`)."""
     import torch
 
     from chattune.serving.loader import (
@@ -97,7 +98,7 @@ def load_engine(
     t0 = time.perf_counter()
     ckpt = resolve_checkpoint(model_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = serving_dtype(device)
+    dtype = serving_dtype(device, dtype_name)
     log.info("loading %s (%s, base %s) on %s in %s", ckpt.model_dir, ckpt.kind, ckpt.base_id,
              device, str(dtype).removeprefix("torch."))  # fmt: skip
     model, names = load_model(ckpt, adapters, device=device, dtype=dtype)
@@ -131,6 +132,7 @@ def create_app(
     max_batch_size: int = DEFAULT_MAX_BATCH,
     engine: Engine | None = None,
     exit_on_load_failure: bool = False,
+    dtype: str = "auto",
 ) -> FastAPI:
     """The model server's app.
 
@@ -141,6 +143,7 @@ def create_app(
         max_batch_size: most requests decoded together.
         engine: an engine already loaded (tests); then `model_dir` is not used.
         exit_on_load_failure: end the process (exit code 3) if the model fails to load.
+        dtype: the weights' dtype, "auto" or a name (see `loader.serving_dtype`).
     """
     state = ServerState(served_name)
     if engine is not None:
@@ -149,7 +152,7 @@ def create_app(
     def load() -> None:
         assert model_dir is not None
         try:
-            eng, state.info = load_engine(model_dir, adapters or {}, max_batch_size)
+            eng, state.info = load_engine(model_dir, adapters or {}, max_batch_size, dtype)
             state.attach(eng)
         except Exception as exc:
             state.error = str(exc)
@@ -410,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run one model server (the command line of this module's docstring)."""
     import uvicorn
 
+    from chattune.serving.loader import DTYPE_ENV, SERVING_DTYPES
+
     ap = argparse.ArgumentParser(prog="python -m chattune.serving.model_server")
     ap.add_argument("--model-dir", type=Path, required=True, help="what to serve")
     ap.add_argument("--adapter", type=_adapter_arg, action="append", default=[],
@@ -421,6 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parent-pid", type=int, help="exit when this process is gone")
     ap.add_argument("--torch-threads", type=int, help="CPU threads per op (default: torch's); "
                     "instances sharing a CPU should split its cores")  # fmt: skip
+    ap.add_argument("--dtype", choices=SERVING_DTYPES, default=os.environ.get(DTYPE_ENV, "auto"),
+                    help=f"the weights' dtype (default ${DTYPE_ENV}, else auto: bf16 where the "
+                    "hardware runs it, else fp16 on GPUs and fp32 on CPUs)")  # fmt: skip
     args = ap.parse_args(argv)
     if args.torch_threads:
         # measured on 2 busy cores: a 16-row step of the tiny model took 99 ms with 2 threads
@@ -438,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         served_name=args.served_name,
         max_batch_size=args.max_batch_size,
         exit_on_load_failure=True,
+        dtype=args.dtype,
     )
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                             timeout_graceful_shutdown=5)  # fmt: skip
