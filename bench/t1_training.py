@@ -305,7 +305,9 @@ def _table(summary: dict[str, dict[str, float]], bound_tok_s: float, dtype: str)
             f"{s['processed_tok_s']:>10.1f} {s['peak_rss_mb']:>11.0f} {s['eval_loss']:>9.4f} "
             f"{s['eval_supervised_tokens']:>9.0f} {100 * s['bound_fraction']:>7.2f}%"
         )
-    lines.append(f"compute bound: {bound_tok_s:.0f} tok/s ({dtype} matmul peak / 4N); % bound is of")
+    lines.append(
+        f"compute bound: {bound_tok_s:.0f} tok/s ({dtype} matmul peak / 4N); % bound is of"
+    )
     lines.append("supervised tokens; proc tok/s counts every token in the batch, padding included")
     return "\n".join(lines)
 

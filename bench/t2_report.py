@@ -77,15 +77,24 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def agreement(
-    runs: list[dict], names: list[str], agree_tokens: int, count: Callable, tokenizer: Any
+    runs: list[dict],
+    names: list[str],
+    agree_tokens: int,
+    count: Callable,
+    tokenizer: Any,
+    tie: Callable[[list[int], int, int], dict[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
     """Compare the greedy answers across contenders.
 
     Hard checks (listed in `problems`): every contender gives the same probe answer in every
     repeat (greedy is deterministic), and its probe answer matches the first contender's:
-    the same text, or at least the first `agree_tokens` tokens the same. Informational: for
-    every load request of repeat 1, the share of answers identical to the first contender's
-    at the same concurrency, and the tokens they share.
+    the same text, or at least the first `agree_tokens` tokens the same, or the two part at
+    a tie. `tie(shared_ids, ref_token, my_token)` answers that: the model, fed the probe and
+    the answer's first shared tokens, puts both next tokens at the top within rounding (in
+    bf16, logits carry 8 bits: two candidates often round to the same value, and servers
+    break such a tie differently); it returns the logits it saw, or None when it is no tie.
+    Informational: for every load request of repeat 1, the share of answers identical to the
+    first contender's at the same concurrency, and the tokens they share.
     """
 
     def ids(text: str) -> list[int]:
@@ -106,7 +115,14 @@ def agreement(
             shared = _common_prefix(ref, mine)
             same = texts[0] == probes[ref_name][0]
             compare[n] = {"identical": same, "shared_tokens": shared, "tokens": len(mine)}
-            if not same and shared < agree_tokens:
+            parted = (
+                tie(ref[:shared], ref[shared], mine[shared])
+                if tie and not same and shared < min(len(ref), len(mine))
+                else None
+            )
+            if parted is not None:
+                compare[n]["parted_at_tie"] = parted
+            elif not same and shared < agree_tokens:
                 problems.append(
                     f"{n}: its greedy probe answer shares only {shared} tokens with "
                     f"{ref_name}'s (need {agree_tokens} or the same text): {texts[0]!r} vs "
@@ -132,7 +148,10 @@ def agreement(
                 "shared_tokens_median": statistics.median(shared) if shared else None,
             }
     words = [
-        f"{n} identical" if v["identical"] else f"{n} {v['shared_tokens']}/{v['tokens']} tokens"
+        f"{n} identical"
+        if v["identical"]
+        else f"{n} {v['shared_tokens']}/{v['tokens']} tokens"
+        + (" (then a tie)" if "parted_at_tie" in v else "")
         for n, v in compare.items()
         if n != ref_name
     ]

@@ -5,9 +5,12 @@ process group and always stopped (context managers whose `finally` kills the gro
                       registered as a `custom_model`, an endpoint with key auth, a deployment
                       with 100% traffic, reached through the gateway's /v1/chat/completions
   transformers_serve  `transformers serve --continuous-batching <model_dir>` (local model
-                      forced, CPU, fp32), /v1/chat/completions
+                      forced, CPU, `bench_dtype()`), /v1/chat/completions
   mlflow_serve        `mlflow models serve --env-manager local` of an MLflow transformers
                       model saved with task `llm/v1/chat`, /invocations
+
+Every server runs the same dtype, `bench_dtype()`: what chattune's model server picks by
+default (bf16 on a CPU with bf16 instructions, else fp32), given to the other two.
 
 Each context manager yields a `Target`: where to send requests and how (`api` "openai" or
 "mlflow", whether the server streams).
@@ -40,6 +43,16 @@ STOP_TIMEOUT_S = 15.0
 ENDPOINT = "t2-bench"
 DEPLOYMENT = "bench"
 MODEL_NAME = "SmolLM2-bench"
+
+
+def bench_dtype() -> str:
+    """The dtype every T2 server runs: chattune's own default on this machine (`--dtype auto`
+    of its model server), so that the three serve the same arithmetic."""
+    import torch
+
+    from chattune.serving.loader import serving_dtype
+
+    return str(serving_dtype(torch.device("cpu"))).removeprefix("torch.")
 
 
 @dataclass
@@ -137,7 +150,7 @@ def server_process(cmd: list[str], log: Path, health: str, env: dict[str, str]) 
 def transformers_serve(
     model_dir: Path, work: Path, cb_memory_percent: float | None = None
 ) -> Iterator[Target]:
-    """`transformers serve --continuous-batching` of the local model, CPU, fp32.
+    """`transformers serve --continuous-batching` of the local model, CPU, `bench_dtype()`.
 
     `cb_memory_percent`: its `--cb-max-memory-percent` (None: its default, which on CPU sizes
     the paged KV cache from the free RAM: gigabytes of resident memory)."""
@@ -150,7 +163,7 @@ def transformers_serve(
         "--device",
         "cpu",
         "--dtype",
-        "float32",
+        bench_dtype(),
         "--host",
         "127.0.0.1",
         "--port",
@@ -185,8 +198,9 @@ def _dir_key(model_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def save_mlflow_model(model_dir: Path, dest: Path) -> None:
-    """Save `model_dir` as an MLflow transformers model with task `llm/v1/chat` (fp32).
+def save_mlflow_model(model_dir: Path, dest: Path, dtype: str) -> None:
+    """Save `model_dir` as an MLflow transformers model with task `llm/v1/chat`, weights in
+    `dtype` (MLflow records it and loads the pipeline in it).
 
     Run in a child process (`t2_servers.py save-mlflow MODEL DEST`): mlflow and the model stay
     out of the harness's memory.
@@ -195,7 +209,7 @@ def save_mlflow_model(model_dir: Path, dest: Path) -> None:
     from huggingface_hub import ModelCard
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32").eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     stage = dest.with_name(dest.name + ".staging")
     shutil.rmtree(stage, ignore_errors=True)
@@ -217,13 +231,14 @@ def mlflow_model(model_dir: Path, cache: Path) -> tuple[Path, float]:
     Returns:
         its path and the seconds spent saving it (0 when it was cached).
     """
-    dest = cache / f"mlflow-{_dir_key(model_dir)}"
+    dtype = bench_dtype()
+    dest = cache / f"mlflow-{_dir_key(model_dir)}-{dtype}"
     if (dest / "MLmodel").is_file():
         return dest, 0.0
     cache.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     done = cache / f"{dest.name}.json"
-    run_child([__file__, "save-mlflow", str(model_dir), str(dest), str(done)], done, 900)
+    run_child([__file__, "save-mlflow", str(model_dir), str(dest), dtype, str(done)], done, 900)
     return dest, time.perf_counter() - t0
 
 
@@ -355,6 +370,6 @@ def chattune_deployment(home: ChattuneHome, work: Path, max_concurrency: int) ->
             raise
 
 
-if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "save-mlflow":
-    save_mlflow_model(Path(sys.argv[2]), Path(sys.argv[3]))
-    Path(sys.argv[4]).write_text(json.dumps({"saved": sys.argv[3]}))
+if __name__ == "__main__" and len(sys.argv) == 6 and sys.argv[1] == "save-mlflow":
+    save_mlflow_model(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4])
+    Path(sys.argv[5]).write_text(json.dumps({"saved": sys.argv[3]}))

@@ -53,6 +53,7 @@ from common import (  # noqa: E402
 from t2_load import build_requests, record_dicts, run_load, summarize  # noqa: E402
 from t2_report import agreement, plot_sweep, summarize_runs, table, targets  # noqa: E402
 from t2_servers import (  # noqa: E402
+    bench_dtype,
     chattune_deployment,
     chattune_home,
     mlflow_model,
@@ -126,6 +127,34 @@ class Harness:
         longest = max(requests_for(n, c, a.requests) for n in CONTENDERS for c in a.concurrency)
         self.convs = build_requests(a.data_dir / "test_gen.jsonl", longest)
         self.probe = self.convs[0]
+
+    def tie(self, shared: list[int], ref_token: int, my_token: int) -> dict[str, Any] | None:
+        """Whether two greedy answers that part after `shared` tokens part at a tie (see
+        `t2_report.agreement`): the model in the servers' dtype, fed the probe prompt and
+        `shared`, must rank both next tokens at the top within 2 units in the last place of
+        that dtype. Called once all servers are stopped (the model is loaded here, once)."""
+        import math
+
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        if "tie_model" not in self.prepared:
+            dtype = getattr(torch, bench_dtype())
+            model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype).eval()
+            self.prepared["tie_model"] = model
+        model = self.prepared["tie_model"]
+        prompt = self.tokenizer.apply_chat_template(
+            self.probe, add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([list(prompt) + shared])).logits[0, -1].float()
+        top = float(logits.max())
+        eps = torch.finfo(model.dtype).eps
+        ulp = eps * 2 ** math.floor(math.log2(abs(top))) if top else eps
+        a, b = float(logits[ref_token]), float(logits[my_token])
+        if top - min(a, b) > 2 * ulp:
+            return None
+        return {"position": len(shared), "logits": [a, b], "top": top, "tolerance": 2 * ulp}
 
     def prompt_tokens(self) -> dict[str, float]:
         """Prompt lengths (chat template applied) of the requests, in tokens."""
@@ -221,7 +250,7 @@ def _settings(a: argparse.Namespace, model_dir: Path, names: list[str]) -> dict[
         "threads": "each server's default: torch's (one per core); chattune's supervisor "
         "gives its one instance every core",
         "transformers_serve_cb_max_memory_percent": a.tf_cb_memory_percent or "its default",
-        "precision": "fp32 everywhere",
+        "precision": f"{bench_dtype()} everywhere (chattune's default here, given to the others)",
         "output_tokens": "answers re-tokenized with the model's tokenizer (same rule for all)",
         "load": "closed loop: `concurrency` workers, each sends its next request when answered",
         "ttft": "first non-empty streamed text delta; mlflow serve does not stream: = latency",
@@ -308,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         if not problems and sys.exc_info()[0] is None:
             shutil.rmtree(work / "chattune_home", ignore_errors=True)
     summary = summarize_runs(runs, names, a.concurrency)
-    agree = agreement(runs, names, a.agree_tokens, h.count_tokens, h.tokenizer)
+    agree = agreement(runs, names, a.agree_tokens, h.count_tokens, h.tokenizer, h.tie)
     problems += agree.pop("problems")
     result = {
         "benchmark": "T2 serving sweep" if a.sweep else "T2 serving",

@@ -117,6 +117,30 @@ def test_agreement_fails_a_probe_that_parts_early_and_passes_a_shared_prefix() -
     assert out["load_vs_reference"]["mlflow_serve"]["16"]["identical_share"] == 0.5
 
 
+def test_agreement_accepts_answers_that_part_at_a_tie_and_only_those() -> None:
+    """In bf16 two next tokens can round to the same logit: servers break such a tie
+    differently. The judge is asked about the first token where they part, with the shared
+    prefix; an answer it calls no tie still fails."""
+    runs = [
+        _run("chattune", 0, "I'm so sorry to hear", 1, 1),
+        _run("transformers_serve", 0, "I'm glad to hear that", 1, 1),  # parts at token 1
+        _run("mlflow_serve", 0, "Hello there friend", 1, 1),  # parts at token 0
+    ]
+    asked: list[tuple] = []
+
+    def tie(shared: list, ref_token: str, my_token: str) -> dict | None:
+        asked.append((list(shared), ref_token, my_token))
+        return {"logits": [18.125, 18.125]} if (ref_token, my_token) == ("so", "glad") else None
+
+    names = ["chattune", "transformers_serve", "mlflow_serve"]
+    out = agreement(runs, names, 32, None, _Tok(), tie)
+    assert asked == [(["I'm"], "so", "glad"), ([], "I'm", "Hello")]
+    assert out["probe"]["transformers_serve"]["parted_at_tie"] == {"logits": [18.125, 18.125]}
+    assert "parted_at_tie" not in out["probe"]["mlflow_serve"]
+    assert len(out["problems"]) == 1 and "mlflow_serve" in out["problems"][0]
+    assert "transformers_serve 1/5 tokens (then a tie)" in out["summary"]
+
+
 def test_agreement_flags_a_probe_that_changes_between_repeats() -> None:
     runs = [_run("chattune", 0, "a b", 1, 1), _run("chattune", 1, "a c", 1, 1)]
     out = agreement(runs, ["chattune"], 1, None, _Tok())
