@@ -87,7 +87,8 @@ def agreement(
     """Compare the greedy answers across contenders.
 
     Hard checks (listed in `problems`): every contender gives the same probe answer in every
-    repeat (greedy is deterministic), and its probe answer matches the first contender's:
+    repeat (greedy is deterministic), or answers that part at a tie only, and its probe
+    answer matches the first contender's:
     the same text, or at least the first `agree_tokens` tokens the same, or the two part at
     a tie. `tie(shared_ids, ref_token, my_token)` answers that: the model, fed the probe and
     the answer's first shared tokens, puts both next tokens at the top within rounding (in
@@ -100,26 +101,36 @@ def agreement(
     def ids(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def at_tie(a: list[int], b: list[int]) -> tuple[int, dict[str, Any] | None]:
+        """Tokens `a` and `b` share, and the tie judge's verdict where they part."""
+        shared = _common_prefix(a, b)
+        if tie is None or a == b or shared >= min(len(a), len(b)):
+            return shared, None
+        return shared, tie(a[:shared], a[shared], b[shared])
+
     problems: list[str] = []
     probes = {n: [r["probe_text"] for r in runs if r["contender"] == n] for n in names}
     probes = {n: p for n, p in probes.items() if p}
+    repeat_ties: dict[str, list[dict[str, Any]]] = {}
     for n, texts in probes.items():
-        if len(set(texts)) > 1:
+        # a sampler that keeps every token tied at the top (mlflow serve's `top_k: 1`) picks
+        # among them at random: such answers may part between repeats, at a tie only
+        verdicts = [at_tie(ids(texts[0]), ids(t)) for t in texts[1:] if t != texts[0]]
+        if any(v is None for _, v in verdicts):
             problems.append(f"{n}: the probe answer changed between repeats (greedy): {texts!r}")
+        elif verdicts:
+            repeat_ties[n] = [{"shared_tokens": k, "tie": v} for k, v in verdicts]
     ref_name = next(iter(probes), None)
     compare: dict[str, Any] = {}
     if ref_name is not None:
         ref = ids(probes[ref_name][0])
         for n, texts in probes.items():
             mine = ids(texts[0])
-            shared = _common_prefix(ref, mine)
             same = texts[0] == probes[ref_name][0]
+            shared, parted = at_tie(ref, mine)
             compare[n] = {"identical": same, "shared_tokens": shared, "tokens": len(mine)}
-            parted = (
-                tie(ref[:shared], ref[shared], mine[shared])
-                if tie and not same and shared < min(len(ref), len(mine))
-                else None
-            )
+            if n in repeat_ties:
+                compare[n]["repeats_parted_at_ties"] = repeat_ties[n]
             if parted is not None:
                 compare[n]["parted_at_tie"] = parted
             elif not same and shared < agree_tokens:

@@ -141,6 +141,23 @@ def test_agreement_accepts_answers_that_part_at_a_tie_and_only_those() -> None:
     assert "transformers_serve 1/5 tokens (then a tie)" in out["summary"]
 
 
+def test_answers_that_change_between_repeats_pass_at_a_tie_only() -> None:
+    """mlflow serve's `top_k: 1` keeps every token tied at the top and samples among them."""
+    runs = [_run("mlflow_serve", 0, "a so b", 1, 1), _run("mlflow_serve", 1, "a glad c", 1, 1)]
+
+    def tie(shared: list, x: str, y: str) -> dict | None:
+        return {"logits": [1.0, 1.0]} if {x, y} == {"so", "glad"} else None
+
+    out = agreement(runs, ["mlflow_serve"], 1, None, _Tok(), tie)
+    assert out["problems"] == []
+    assert out["probe"]["mlflow_serve"]["repeats_parted_at_ties"] == [
+        {"shared_tokens": 1, "tie": {"logits": [1.0, 1.0]}}
+    ]
+    runs.append(_run("mlflow_serve", 2, "a so d", 1, 1))  # parts from "a so b" at no tie
+    out = agreement(runs, ["mlflow_serve"], 1, None, _Tok(), tie)
+    assert any("changed between repeats" in p for p in out["problems"])
+
+
 def test_agreement_flags_a_probe_that_changes_between_repeats() -> None:
     runs = [_run("chattune", 0, "a b", 1, 1), _run("chattune", 1, "a c", 1, 1)]
     out = agreement(runs, ["chattune"], 1, None, _Tok())

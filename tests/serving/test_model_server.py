@@ -364,17 +364,20 @@ def test_model_dir_path_is_reported(server):
     assert Path(info["model_dir"]).is_dir()
 
 
-def test_dtype_auto_follows_the_hardware_and_bf16_answers(chatty_llama_dir, model_server_factory):
-    """auto is bf16 exactly where the CPU runs bf16 in hardware; an explicit bfloat16 serves
-    (emulated where it must be) and answers the reference prompt in bf16."""
+def test_dtype_auto_follows_the_hardware_and_the_env_sets_bf16(
+    chatty_llama_dir, model_server_factory, monkeypatch
+):
+    """auto is bf16 exactly where the CPU runs bf16 in hardware; $CHATTUNE_SERVING_DTYPE
+    (inherited from the supervisor) sets the default, and a bf16 server answers (emulated
+    where it must be). The module's server shows that --dtype float32 is taken."""
     from chattune.compute.machine import cpu_bf16_supported
 
+    monkeypatch.delenv("CHATTUNE_SERVING_DTYPE", raising=False)
     auto = model_server_factory(chatty_llama_dir, "--torch-threads", "1")
     want = "bfloat16" if cpu_bf16_supported() else "float32"
     assert httpx.get(f"{auto.url}/stats").json()["dtype"] == want
-    bf = model_server_factory(
-        chatty_llama_dir, "--torch-threads", "1", "--dtype", "bfloat16", wait=True
-    )
+    monkeypatch.setenv("CHATTUNE_SERVING_DTYPE", "bfloat16")
+    bf = model_server_factory(chatty_llama_dir, "--torch-threads", "1")
     assert httpx.get(f"{bf.url}/stats").json()["dtype"] == "bfloat16"
     r = httpx.post(f"{bf.url}/v1/chat/completions", timeout=60,
                    json={"messages": CONV[:2], "max_tokens": 4, "temperature": 0})  # fmt: skip

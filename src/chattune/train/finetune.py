@@ -80,6 +80,7 @@ def _precision(params: FinetuneParams, cuda: bool) -> tuple[bool, bool]:
 
     On CPUs, fp16 becomes bf16 where the CPU runs bf16 in hardware (AMX, AVX512-BF16),
     and both become fp32 where it does not: emulated bf16 is hundreds of times slower.
+    On GPUs without bf16 (before Ampere), bf16 becomes fp16.
     """
     if params.precision == "32":
         return False, False
@@ -97,6 +98,11 @@ def _precision(params: FinetuneParams, cuda: bool) -> tuple[bool, bool]:
             _log("warning: precision 16 (fp16) is not supported on CPU; training in bf16 instead")
         return True, False
     if params.precision == "16":
+        return False, True
+    import torch
+
+    if not torch.cuda.is_bf16_supported():  # pre-Ampere GPUs: the Trainer would refuse bf16
+        _log("warning: precision bf16 asked, but this GPU has no bf16; training in fp16 instead")
         return False, True
     return True, False
 
