@@ -47,9 +47,10 @@ bench-t2: $(STAMP)
 bench-t3: $(STAMP)
 	$(PY) bench/t3_data.py $(BENCH_ARGS)
 
-# The whole suite (issue 6, BENCHMARKS.md): T1 contenders, T1 fast paths + profile, T2
-# serving, T3 data (8k conversations); 31 minutes measured with T3 at 10k and the decode
-# profile, which has moved to bench-scaling. Output: bench/results/ (JSON, log), bench/profiles/.
+# The whole suite (issue 6, BENCHMARKS.md): T1 contenders, T1 fast paths (bf16 on/off where
+# the CPU has it) + profiles, T2 serving, serving fast paths + decode profile, T3 data (6k
+# conversations); 32m13s on 2026-12-03 on a noisy host, before the bf16 variant joined the
+# fast-path alternation (about 45 s less). Output: bench/results/ (JSON, log), bench/profiles/.
 # bench-scaling: T1 against sequence length and T2 against concurrency (PNG plots), decode profile.
 # bench-full: the issue's full protocol (T2 64 requests per level, T3 200k conversations).
 BENCH_WS := $(DEMO_DIR)/workspace

@@ -10,7 +10,10 @@ and reports the run's tokens/s for three engines, alternating, `--repeats` times
     +kv+packed   and the prompts that arrive together prefilled in one packed forward
                  (chattune's default)
 
-and checks that all three decode the same text; then records torch.profiler's operator table
+and checks that all three decode the same text. Where the serving dtype is not fp32 (bf16
+on a CPU with bf16 instructions), a fourth engine, `+kv+packed fp32`, runs chattune's default
+engine on the same model loaded in fp32: the dtype on and off (its greedy text may part from
+bf16's, so it is compared with nothing). Then records torch.profiler's operator table
 of the same decode step made by hand (the engine's thread is not followed by the profiler) to
 bench/profiles/decode_engine.txt.
 
@@ -76,14 +79,18 @@ def main(argv: list[str] | None = None) -> int:
         "+kv": {"kv_cache": "preallocated", "packed_prefill": False},
         "+kv+packed": {"kv_cache": "preallocated", "packed_prefill": True},
     }
+    models = {name: (model, adapters) for name in variants}
+    if serving_dtype(device) != torch.float32:
+        variants["+kv+packed fp32"] = variants["+kv+packed"]
+        models["+kv+packed fp32"] = load_model(ckpt, device=device, dtype=torch.float32)
     runs: dict[str, list[float]] = {k: [] for k in variants}
     texts: dict[str, list[str]] = {}
     stats: dict[str, dict] = {}
     for rep in range(a.repeats):
         for name in list(variants) if rep % 2 == 0 else list(variants)[::-1]:
             engine = Engine(
-                model, tok, adapters=adapters, max_batch_size=max(16, a.requests),
-                **variants[name],
+                models[name][0], tok, adapters=models[name][1],
+                max_batch_size=max(16, a.requests), **variants[name],
             )  # fmt: skip
             engine.submit(ids[0], params).text()  # warm-up
             before = engine.stats()
@@ -96,12 +103,14 @@ def main(argv: list[str] | None = None) -> int:
             keys = ("prefill_forwards", "prefill_seconds", "steps", "step_seconds")
             stats[name] = {k: round(after[k] - before[k], 2) for k in keys}
             engine.stop()
+    texts.pop("+kv+packed fp32", None)  # another dtype: greedy text may part from bf16's
     if len({tuple(t) for t in texts.values()}) != 1:
         raise SystemExit(f"the engines decoded different text: {texts}")
     med = {k: statistics.median(v) for k, v in runs.items()}
     engine_line = (
-        f"engine: {a.requests} requests x {a.max_new_tokens} new tokens submitted at once, "
-        f"median of {a.repeats}, same text from all: "
+        f"engine ({str(serving_dtype(device)).removeprefix('torch.')}): {a.requests} requests "
+        f"x {a.max_new_tokens} new tokens submitted at once, "
+        f"median of {a.repeats}, same text from all in the serving dtype: "
         + ", ".join(
             f"{k} {v:.1f} tok/s ({v / med['baseline']:.2f}x; {stats[k]})" for k, v in med.items()
         )

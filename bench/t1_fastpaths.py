@@ -10,6 +10,9 @@ machine state; variants alternate step by step and the median step counts:
   packed_attention  chattune's attention per packed conversation (train/attention.py)
   supervised_logits only the positions whose next token is a label go through the lm_head
   chattune          both (the default of `chattune job create` with packing)
+  chattune_bf16     the same step as the finetune step runs it with precision bf16 (base
+                    in bf16, adapters in fp32, autocast), on a second model; only where
+                    the CPU runs bf16 in hardware
 
 Scaling: the same `--tokens` per batch cut into sequences of 128 .. 2048 tokens (from the
 tokenized chitchat stream, assistant labels kept), for `baseline` and `chattune`: how the
@@ -144,17 +147,19 @@ def train_step(
 
 def alternate(model: Any, opt: Any, batches: dict[str, tuple], steps: int) -> dict[str, dict]:
     """Run `steps` rounds; each round one step of every variant, order reversed every round.
-    A warm-up round first (not counted)."""
+    A warm-up round first (not counted). A variant is (batch, packed attention) on `model`,
+    or (batch, packed attention, (its model, its optimizer, bf16 autocast))."""
     out: dict[str, list[dict]] = {name: [] for name in batches}
     names = list(batches)
     for rnd in range(steps + 1):
         for name in names if rnd % 2 == 0 else names[::-1]:
-            batch, attn = batches[name]
-            r = train_step(model, opt, batch, attn)
+            batch, attn, *own = batches[name]
+            m, o, bf16 = own[0] if own else (model, opt, False)
+            r = train_step(m, o, batch, attn, bf16=bf16)
             if rnd:
                 out[name].append(r)
-    tokens = {name: b["input_ids"].numel() for name, (b, _) in batches.items()}
-    sup = {name: int((b["labels"][0, 1:] != IGNORE).sum()) for name, (b, _) in batches.items()}
+    tokens = {name: v[0]["input_ids"].numel() for name, v in batches.items()}
+    sup = {name: int((v[0]["labels"][0, 1:] != IGNORE).sum()) for name, v in batches.items()}
     return {
         name: {
             "tokens": tokens[name],
@@ -194,33 +199,14 @@ def compile_check(model: Any, opt: Any, batches: list[dict[str, Any]], steps: in
     }
 
 
-def precision_check(model_dir: Path, model: Any, opt: Any, batch: dict, steps: int) -> dict:
-    """The `chattune` step in fp32 against the same step in bf16 (base weights bf16, adapters
-    fp32, autocast), alternating, a warm-up round first; the median step counts. Whether bf16
-    learns as well is T1's question (eval loss on held-out rows), not this one's."""
+def load_bf16_variant(model_dir: Path) -> tuple[Any, Any, bool]:
+    """The model, optimizer and autocast flag of the `chattune_bf16` variant: the `chattune`
+    step as the finetune step runs it with precision bf16 (base in bf16, adapters in fp32,
+    autocast). Whether bf16 learns as well is T1's question (eval loss), not this one's."""
     import torch
 
     bf = load_lora(model_dir, bf16=True)
-    bf_opt = torch.optim.AdamW([p for p in bf.parameters() if p.requires_grad], lr=1e-5)
-    pair = {"fp32": (model, opt, False), "bf16": (bf, bf_opt, True)}
-    out: dict[str, list[dict]] = {k: [] for k in pair}
-    for rnd in range(steps + 1):
-        for name in pair if rnd % 2 == 0 else list(pair)[::-1]:
-            m, o, amp = pair[name]
-            r = train_step(m, o, batch, True, bf16=amp)
-            if rnd:
-                out[name].append(r)
-    res = {
-        name: {
-            "median_wall_s": statistics.median(r["wall_s"] for r in rs),
-            "tok_s": batch["input_ids"].numel() / statistics.median(r["wall_s"] for r in rs),
-            "losses": [r["loss"] for r in rs],
-        }
-        for name, rs in out.items()
-    }
-    res["speedup"] = res["fp32"]["median_wall_s"] / res["bf16"]["median_wall_s"]
-    res["model"], res["opt"] = bf, bf_opt
-    return res
+    return bf, torch.optim.AdamW([p for p in bf.parameters() if p.requires_grad], lr=1e-5), True
 
 
 def profile_step(
@@ -284,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     batches = {
         name: (packed_batch(conv, logits), attn) for name, (attn, logits) in VARIANTS.items()
     }
+    hw_bf16 = cpu_bf16_supported()  # emulated bf16 is ~100x slower: nothing to measure
+    if hw_bf16:
+        batches["chattune_bf16"] = (*batches["chattune"], load_bf16_variant(model_dir))
     print(f"fast paths: {len(conv)} conversations, {a.tokens} tokens per batch", flush=True)
     fast = alternate(model, opt, batches, a.steps)
     base = fast["baseline"]["median_wall_s"]
@@ -299,14 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     profile_step(model, opt, batches["baseline"][0], False, profiles / "train_step_baseline.txt")
 
     precision = None
-    if cpu_bf16_supported():  # emulated bf16 is ~100x slower: nothing to measure without it
-        precision = precision_check(model_dir, model, opt, batches["chattune"][0], a.steps)
-        bf, bf_opt = precision.pop("model"), precision.pop("opt")
-        print(
-            f"  precision: fp32 {precision['fp32']['median_wall_s']:.2f} s/step, bf16 "
-            f"{precision['bf16']['median_wall_s']:.2f} s/step (x{precision['speedup']:.2f})",
-            flush=True,
-        )
+    if hw_bf16:
+        bf, bf_opt, _ = batches.pop("chattune_bf16")[2]
+        precision = {
+            "speedup_bf16_vs_fp32": fast["chattune"]["median_wall_s"]
+            / fast["chattune_bf16"]["median_wall_s"]
+        }
+        print(f"  bf16 against fp32 (chattune): x{precision['speedup_bf16_vs_fp32']:.2f}")
         profile_step(
             bf, bf_opt, batches["chattune"][0], True,
             profiles / "train_step_chattune_bf16.txt", bf16=True,
