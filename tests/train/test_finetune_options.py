@@ -185,6 +185,20 @@ def test_fp16_on_cpu(bf16_cpu, monkeypatch, capsys) -> None:
     assert ft._precision(parse_params({"precision": "32"}), cuda=False) == (False, False)
 
 
+def test_the_log_says_which_precision_trained(tmp_path, tiny_llama_dir, data_dir, capsys):
+    """precision bf16 trains LoRA with bf16 base weights and autocast where the CPU has bf16
+    instructions, and in fp32 where it has not; the job log says which."""
+    from chattune.compute.machine import cpu_bf16_supported
+
+    metrics = train(tmp_path, tiny_llama_dir, data_dir, precision="bf16", max_steps=1)
+    assert metrics["global_step"] == 1
+    out = capsys.readouterr().out
+    if cpu_bf16_supported():
+        assert "precision: bf16 (asked bf16; weights bfloat16, autocast)" in out
+    else:
+        assert "precision: fp32 (asked bf16; weights float32)" in out
+
+
 @pytest.mark.parametrize("gpu_bf16", [True, False])
 def test_bf16_on_a_gpu_without_it_is_fp16(gpu_bf16, monkeypatch, capsys) -> None:
     monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda *a, **k: gpu_bf16)

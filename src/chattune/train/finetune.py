@@ -371,6 +371,10 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
         cfg.model_dir, dtype=dtype, **({"attn_implementation": attn} if attn else {})
     )
     _log(f"attention: {model.config._attn_implementation}")
+    _log(
+        f"precision: {'bf16' if bf16 else 'fp16' if fp16 else 'fp32'} (asked {p.precision}; "
+        f"weights {str(dtype).removeprefix('torch.')}{', autocast' if bf16 or fp16 else ''})"
+    )
     if p.apply_lora:
         lora = LoraConfig(
             r=p.lora_r,
