@@ -208,7 +208,7 @@ def test_bf16_on_a_gpu_without_it_is_fp16(gpu_bf16, monkeypatch, capsys) -> None
 
 
 def test_smollm2_cards_default_to_bf16() -> None:
-    """bf16 LoRA is the measured fast path (1.8x fp32 a step on an AVX512-BF16 CPU, eval loss
+    """bf16 LoRA is the measured fast path (1.6-1.8x fp32 a step on an AVX512-BF16 CPU, eval loss
     within 1%, BENCHMARKS.md); the cards ask for it, and `_precision` falls back where the
     hardware lacks it."""
     from chattune.models.card import builtin_cards
