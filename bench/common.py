@@ -234,3 +234,25 @@ def write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))
     os.replace(tmp, path)
+
+
+def greedy_tie(
+    model: Any, prompt: Sequence[int], shared: Sequence[int], ref_token: int, my_token: int
+) -> dict[str, Any] | None:
+    """Whether two greedy answers to `prompt` that part after `shared` tokens part at a tie:
+    `model` (in the dtype that decoded them), fed `prompt` and `shared`, must rank both next
+    tokens at the top within 2 units in the last place of its dtype (in bf16, logits carry
+    8 bits: two candidates often round to the same value, and kernels that sum in another
+    order break such a tie differently). Returns the logits it saw, or None when it is no tie.
+    """
+    import torch
+
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([[*prompt, *shared]])).logits[0, -1].float()
+    top = float(logits.max())
+    eps = torch.finfo(next(model.parameters()).dtype).eps
+    ulp = eps * 2 ** math.floor(math.log2(abs(top))) if top else eps
+    a, b = float(logits[ref_token]), float(logits[my_token])
+    if top - min(a, b) > 2 * ulp:
+        return None
+    return {"position": len(shared), "logits": [a, b], "top": top, "tolerance": 2 * ulp}

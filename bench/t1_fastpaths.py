@@ -26,6 +26,9 @@ to bench/profiles/.
 time included), the steady step, a step on a batch of other conversations (new lengths:
 recompiles), and the break-even step count.
 
+`--variants`: a subset (baseline and chattune always run); `make bench` runs baseline,
+chattune and chattune_bf16 without the baseline's profile, `make bench-full` all of them.
+
     .venv/bin/python bench/t1_fastpaths.py --steps 3
 """
 
@@ -249,6 +252,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", type=Path, default=BENCH.parent / ".demo" / "chitchat_dataset")
     ap.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
     ap.add_argument("--no-scaling", action="store_true")
+    ap.add_argument(
+        "--variants",
+        default=",".join([*VARIANTS, "chattune_bf16"]),
+        help="which fast-path variants to run (baseline and chattune always run)",
+    )
+    ap.add_argument(
+        "--no-baseline-profile", action="store_true", help="profile only chattune's steps"
+    )
     ap.add_argument("--compile", action="store_true", help="measure torch.compile too")
     ap.add_argument("--results-dir", type=Path, default=BENCH / "results")
     ap.add_argument("--work-dir", type=Path, default=Path("/tmp/chattune-bench"))
@@ -267,10 +278,16 @@ def main(argv: list[str] | None = None) -> int:
     fp32 = matmul_gflops("float32")
 
     conv = conversations_bin(data, a.tokens)
+    wanted = {"baseline", "chattune", *a.variants.split(",")}
+    unknown = wanted - {*VARIANTS, "chattune_bf16"}
+    if unknown:
+        raise SystemExit(f"unknown variants {sorted(unknown)}; known: {[*VARIANTS]}, chattune_bf16")
     batches = {
-        name: (packed_batch(conv, logits), attn) for name, (attn, logits) in VARIANTS.items()
+        name: (packed_batch(conv, logits), attn)
+        for name, (attn, logits) in VARIANTS.items()
+        if name in wanted
     }
-    hw_bf16 = cpu_bf16_supported()  # emulated bf16 is ~100x slower: nothing to measure
+    hw_bf16 = cpu_bf16_supported() and "chattune_bf16" in wanted  # emulated bf16: ~100x slower
     if hw_bf16:
         batches["chattune_bf16"] = (*batches["chattune"], load_bf16_variant(model_dir))
     print(f"fast paths: {len(conv)} conversations, {a.tokens} tokens per batch", flush=True)
@@ -285,7 +302,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     profiles = BENCH / "profiles"
     profile_step(model, opt, batches["chattune"][0], True, profiles / "train_step_chattune.txt")
-    profile_step(model, opt, batches["baseline"][0], False, profiles / "train_step_baseline.txt")
+    if not a.no_baseline_profile:
+        profile_step(
+            model, opt, batches["baseline"][0], False, profiles / "train_step_baseline.txt"
+        )
 
     precision = None
     if hw_bf16:
@@ -347,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                 "tokens": a.tokens,
                 "model_dir": str(model_dir),
                 "compile": a.compile,
+                "variants": list(fast),
             },
             "fp32_matmul_gflops": fp32,
             "fast_paths": fast,

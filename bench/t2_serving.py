@@ -46,6 +46,7 @@ from common import (  # noqa: E402
     MODEL_NAME,
     BenchFailed,
     default_model_dir,
+    greedy_tie,
     machine_record,
     versions,
     write_json,
@@ -133,8 +134,6 @@ class Harness:
         `t2_report.agreement`): the model in the servers' dtype, fed the probe prompt and
         `shared`, must rank both next tokens at the top within 2 units in the last place of
         that dtype. Called once all servers are stopped (the model is loaded here, once)."""
-        import math
-
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -142,19 +141,10 @@ class Harness:
             dtype = getattr(torch, bench_dtype())
             model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype).eval()
             self.prepared["tie_model"] = model
-        model = self.prepared["tie_model"]
         prompt = self.tokenizer.apply_chat_template(
             self.probe, add_generation_prompt=True, tokenize=True, return_dict=True
         )["input_ids"]
-        with torch.no_grad():
-            logits = model(torch.tensor([list(prompt) + shared])).logits[0, -1].float()
-        top = float(logits.max())
-        eps = torch.finfo(model.dtype).eps
-        ulp = eps * 2 ** math.floor(math.log2(abs(top))) if top else eps
-        a, b = float(logits[ref_token]), float(logits[my_token])
-        if top - min(a, b) > 2 * ulp:
-            return None
-        return {"position": len(shared), "logits": [a, b], "top": top, "tolerance": 2 * ulp}
+        return greedy_tie(self.prepared["tie_model"], prompt, shared, ref_token, my_token)
 
     def prompt_tokens(self) -> dict[str, float]:
         """Prompt lengths (chat template applied) of the requests, in tokens."""

@@ -379,3 +379,22 @@ def test_join_while_decoding_does_not_wait_for_the_batch(chatty_llama_dir):
         t.join()
     finally:
         engine.stop()
+
+
+def test_an_unexpected_error_fails_the_batch_not_the_engine(chatty_llama_dir, monkeypatch):
+    engine = _load(chatty_llama_dir, max_batch_size=4)
+    try:
+        prompt = ChatPrompter(engine.tokenizer).encode([{"role": "user", "content": "Hi"}])
+        real = engine._sort_rows
+        monkeypatch.setattr(engine, "_sort_rows", lambda: (_ for _ in ()).throw(KeyError("bug")))
+        hit = _submit_together(engine, [prompt, prompt[:-1]], [5, 5])
+        for h in hit:
+            with pytest.raises(ChattuneError, match="bug"):
+                h.text()
+        monkeypatch.setattr(engine, "_sort_rows", real)
+        good = engine.submit(prompt, SamplingParams(max_new_tokens=5))
+        good.text()
+        assert good.completion_tokens == 5 and engine.alive()
+        assert engine.stats()["failed"] == 2
+    finally:
+        engine.stop()

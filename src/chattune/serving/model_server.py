@@ -94,6 +94,7 @@ def load_engine(
         resolve_checkpoint,
         serving_dtype,
     )
+    from chattune.serving.prepack import packed_count
 
     t0 = time.perf_counter()
     ckpt = resolve_checkpoint(model_dir)
@@ -117,6 +118,7 @@ def load_engine(
         "adapters": names,
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
+        "prepacked_linears": packed_count(model),
         "context_length": engine.context_length,
         "load_seconds": round(time.perf_counter() - t0, 2),
     }
