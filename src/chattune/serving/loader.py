@@ -194,7 +194,8 @@ def serving_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
         device: where the model runs.
         requested: "auto" (bf16 on GPUs and on CPUs with bf16 instructions, else fp16 on GPUs
             and fp32 on CPUs: emulated bf16 is ~100x slower than fp32 on CPUs without them;
-            measured 1.8-2.2x faster decode than fp32 on an AVX512-BF16 CPU, BENCHMARKS.md),
+            measured 1.3x faster decode than fp32 on an AVX512-BF16 CPU with packed weights,
+            1.8-2.2x without, BENCHMARKS.md),
             or one of "float32", "bfloat16", "float16" as it is.
 
     Raises:
