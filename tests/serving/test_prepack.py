@@ -230,3 +230,23 @@ def test_the_engine_keeps_rows_longest_first_and_attends_in_runs(
     # sorted longest first, the two long rows attend apart from the two short ones
     assert seen, "no step attended in runs"
     assert all(r[0][:2] == (0, 2) for r in seen if len(r) == 2), seen
+
+
+def test_the_decode_attention_stays_off_where_it_was_not_measured(chatty_llama_dir) -> None:
+    from chattune.train.attention import SERVING_ATTENTIONS
+
+    ckpt = resolve_checkpoint(chatty_llama_dir)
+    model, _ = load_model(ckpt, device=CPU, dtype=torch.float32, prepack=False)
+    engine = Engine(model.to("meta"), load_tokenizer(ckpt))  # not a CPU: as a GPU would be
+    try:
+        assert not engine._buckets
+        assert model.config._attn_implementation == SERVING_ATTENTIONS[True, False]
+    finally:
+        engine.stop()
+    cpu, _ = load_model(ckpt, device=CPU, dtype=torch.float32, prepack=False)
+    engine = Engine(cpu, load_tokenizer(ckpt))
+    try:
+        assert engine._buckets
+        assert cpu.config._attn_implementation == SERVING_ATTENTIONS[True, True]
+    finally:
+        engine.stop()

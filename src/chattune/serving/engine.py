@@ -306,9 +306,9 @@ class Engine:
             attention to be sdpa (switched to `train.attention.PACKED_OR_SDPA`) or
             flash_attention_2, else they are prefilled one at a time.
         decode_attention: decode steps attend with `train.attention.decode_attention_forward`
-            (sdpa models only; else the model's own attention), in runs of rows of similar
-            length (`decode_buckets`; the batch's rows are kept longest first), so short rows
-            do not attend over the longest row's padding.
+            (sdpa models on a CPU only, where it was measured; else sdpa), in runs of rows of
+            similar length (`decode_buckets`; the batch's rows are kept longest first), so
+            short rows do not attend over the longest row's padding.
     """
 
     def __init__(
@@ -343,6 +343,9 @@ class Engine:
         self._batch_cache = KV_CACHES[kv_cache]
         self.prefill_tokens = prefill_tokens
         base = model.get_base_model() if adapters else model
+        self.device = next(model.parameters()).device
+        # measured on CPUs only (BENCHMARKS.md): elsewhere decode steps keep sdpa's way
+        decode_attention = decode_attention and self.device.type == "cpu"
         self._packed_prefill, decode_on = _serving_attention(base, packed_prefill, decode_attention)
         # decode steps attend in length runs (`decode_buckets`), passed through the model's
         # forward to the attention as a keyword, where the forward takes **kwargs
@@ -352,7 +355,6 @@ class Engine:
         )
         self._buckets = decode_on and takes_kwargs
         self.context_length = context_length or model_context_length(model.config)
-        self.device = next(model.parameters()).device
         # transformers 5.24 renamed `past_key_values` to `cache` (the old name goes in 5.40)
         forward = inspect.signature(model.get_base_model().forward if adapters else model.forward)
         self._cache_kw = "cache" if "cache" in forward.parameters else "past_key_values"
