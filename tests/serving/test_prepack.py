@@ -250,3 +250,35 @@ def test_the_decode_attention_stays_off_where_it_was_not_measured(chatty_llama_d
         assert cpu.config._attn_implementation == SERVING_ATTENTIONS[True, True]
     finally:
         engine.stop()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_packed_prefill_reads_gqa_heads_in_place_with_the_same_result(dtype) -> None:
+    from chattune.train import attention
+
+    torch.manual_seed(0)
+    lens = [5, 17, 1, 30]
+    cu = torch.tensor([0, 5, 22, 23, 53], dtype=torch.int32)
+    q = torch.randn(1, 9, sum(lens), 16, dtype=dtype)
+    k, v = (
+        torch.randn(1, 3, sum(lens), 16, dtype=dtype),
+        torch.randn(1, 3, sum(lens), 16, dtype=dtype),
+    )
+    calls: list[dict] = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kw):
+        calls.append(kw)
+        return real(*args, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+        with torch.no_grad():  # a prefill: GQA mode
+            fast, _ = attention.packed_sdpa_forward(_Module(), q, k, v, None, cu_seq_lens_q=cu)
+        assert calls and all(c.get("enable_gqa") for c in calls)
+        calls.clear()
+        slow, _ = attention.packed_sdpa_forward(  # autograd on: heads copied
+            _Module(), q.requires_grad_(), k, v, None, cu_seq_lens_q=cu
+        )
+        assert calls and not any(c.get("enable_gqa") for c in calls)
+    assert torch.equal(fast, slow.detach())

@@ -66,7 +66,12 @@ def packed_sdpa_forward(
             f"attention {PACKED_ATTENTION!r} expects one packed row, got {query.shape[0]}"
         )
     groups = query.shape[1] // key.shape[1]
-    if groups > 1:
+    # Without autograd (a prefill, an evaluation), SDPA's GQA mode reads the key/value heads
+    # in place: bit-identical, and 1.3-1.6x faster than copying them per query head (2,038
+    # tokens of 16 prompts, bf16 and fp32, this project's CPU). With autograd, copying is
+    # kept: the GQA backward was slower in bf16 here (64 vs 54 ms for a 2,048-token row).
+    gqa = groups > 1 and not torch.is_grad_enabled()
+    if groups > 1 and not gqa:
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
     bounds = cu.tolist()
@@ -79,6 +84,7 @@ def packed_sdpa_forward(
             dropout_p=p,
             is_causal=True,
             scale=scaling,
+            **({"enable_gqa": True} if gqa else {}),
         )
         for a, b in pairwise(bounds)
         if b > a
