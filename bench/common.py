@@ -236,6 +236,16 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens `a` and `b` share."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def greedy_tie(
     model: Any, prompt: Sequence[int], shared: Sequence[int], ref_token: int, my_token: int
 ) -> dict[str, Any] | None:

@@ -37,7 +37,7 @@ BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
-from common import default_model_dir, greedy_tie  # noqa: E402
+from common import common_prefix, default_model_dir, greedy_tie  # noqa: E402
 
 
 def prompts(data_dir: Path, n: int) -> list[list[dict[str, str]]]:
@@ -59,9 +59,7 @@ def agreement(model: Any, prompts: list[list[int]], tokens: dict[str, list[list[
         for i, (want, got) in enumerate(zip(base, answers, strict=True)):
             if got == want:
                 continue
-            shared = 0
-            while shared < min(len(want), len(got)) and want[shared] == got[shared]:
-                shared += 1
+            shared = common_prefix(want, got)
             tie = None
             if name not in exact and shared < min(len(want), len(got)):
                 tie = greedy_tie(model, prompts[i], want[:shared], want[shared], got[shared])

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import median
+from common import common_prefix, median
 
 METRICS = (
     "output_tok_s",
@@ -67,15 +67,6 @@ def summarize_runs(runs: list[dict], names: list[str], concurrencies: list[int])
     return out
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def agreement(
     runs: list[dict],
     names: list[str],
@@ -103,7 +94,7 @@ def agreement(
 
     def at_tie(a: list[int], b: list[int]) -> tuple[int, dict[str, Any] | None]:
         """Tokens `a` and `b` share, and the tie judge's verdict where they part."""
-        shared = _common_prefix(a, b)
+        shared = common_prefix(a, b)
         if tie is None or a == b or shared >= min(len(a), len(b)):
             return shared, None
         return shared, tie(a[:shared], a[shared], b[shared])
@@ -151,7 +142,7 @@ def agreement(
                 continue
             ref_text = {x["idx"]: x["text"] for x in ref_lv["records"]}
             pairs = [(x["text"], ref_text[x["idx"]]) for x in lv["records"] if x["idx"] in ref_text]
-            shared = [_common_prefix(ids(a), ids(b)) for a, b in pairs]
+            shared = [common_prefix(ids(a), ids(b)) for a, b in pairs]
             load.setdefault(r["contender"], {})[str(lv["concurrency"])] = {
                 "compared": len(pairs),
                 "identical_share": sum(a == b for a, b in pairs) / len(pairs) if pairs else None,

@@ -36,6 +36,7 @@ import asyncio
 import inspect
 import itertools
 import logging
+import math
 import queue
 import threading
 import time
@@ -223,13 +224,13 @@ def decode_buckets(
     lengths [500, 480, 60, 50] the runs are (0, 2, 500) and (2, 4, 60).
     """
     n = len(lengths)
-    best, cut = [0] + [0] * n, [0] * (n + 1)
+    best, cut = [0.0] + [math.inf] * n, [0] * (n + 1)  # best[i]: cheapest split of rows[:i]
     for end in range(1, n + 1):
-        widest, best[end] = 0, -1
+        widest = 0
         for start in range(end - 1, -1, -1):
             widest = max(widest, lengths[start])
             cost = best[start] + (end - start) * widest + overhead
-            if best[end] < 0 or cost < best[end]:
+            if cost < best[end]:
                 best[end], cut[end] = cost, start
     runs, end = [], n
     while end > 0:
@@ -349,15 +350,12 @@ class Engine:
         self._packed_prefill, decode_on = _serving_attention(base, packed_prefill, decode_attention)
         # decode steps attend in length runs (`decode_buckets`), passed through the model's
         # forward to the attention as a keyword, where the forward takes **kwargs
-        takes_kwargs = any(
-            p.kind is inspect.Parameter.VAR_KEYWORD
-            for p in inspect.signature(base.forward).parameters.values()
-        )
+        forward = inspect.signature(base.forward).parameters
+        takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in forward.values())
         self._buckets = decode_on and takes_kwargs
         self.context_length = context_length or model_context_length(model.config)
         # transformers 5.24 renamed `past_key_values` to `cache` (the old name goes in 5.40)
-        forward = inspect.signature(model.get_base_model().forward if adapters else model.forward)
-        self._cache_kw = "cache" if "cache" in forward.parameters else "past_key_values"
+        self._cache_kw = "cache" if "cache" in forward else "past_key_values"
         self._cv = threading.Condition()
         self._pending: deque[_Row] = deque()
         self._rows: list[_Row] = []
@@ -455,8 +453,8 @@ class Engine:
                 try:
                     self._iterate(joiners)
                 except Exception as exc:  # a bug here must not stop the decode thread
-                    hit = [*self._rows, *(r for r in joiners if r not in self._rows)]
-                    hit = [r for r in hit if not r.handle.done]
+                    rows = {id(r): r for r in [*self._rows, *joiners]}.values()
+                    hit = [r for r in rows if not r.handle.done]
                     log.exception("engine iteration failed; failing its %d requests", len(hit))
                     self._fail(hit, exc)
                     with self._cv:

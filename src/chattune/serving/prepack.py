@@ -110,7 +110,7 @@ def prepack_linears(model: nn.Module, batch_hint: int = 16) -> int:
         if "lora_" in path:
             continue
         for name, child in parent.named_children():
-            if _packable(child) and not name.startswith("lora_"):
+            if _packable(child):
                 targets.append((parent, name, child))
     if not targets:
         return 0
