@@ -72,6 +72,35 @@ def agreement(model: Any, prompts: list[list[int]], tokens: dict[str, list[list[
     return f"the same tokens from all but {ties} answers that part from the baseline at a tie"
 
 
+LINEAR_OPS = ("mkldnn::_linear_pointwise", "aten::mm", "aten::addmm")
+ATTENTION_OPS = (
+    "aten::_scaled_dot_product_flash_attention_for_cpu",
+    "aten::_scaled_dot_product_attention_math",
+)
+
+
+def floor_line(events: Any, steps: int, wall_s: float) -> str:
+    """Where a profiled decode step's time goes, by kind of kernel, and the step's floor:
+    its linears and attention kernels alone (everything else, ops and Python, removed).
+
+    `events`: torch.profiler's `key_averages()` of `steps` steps; `wall_s`: a step's wall time
+    measured without the profiler. The ops' self time is per step; what the wall time has
+    beyond all ops is Python and dispatch (the model's modules, transformers' mask and output
+    handling, the cache's views)."""
+    self_ms = {e.key: e.self_cpu_time_total / 1000 / steps for e in events}
+    linear = sum(self_ms.get(k, 0.0) for k in LINEAR_OPS)
+    attention = sum(self_ms.get(k, 0.0) for k in ATTENTION_OPS)
+    ops = sum(self_ms.values())
+    wall = 1000 * wall_s
+    floor = linear + attention
+    return (
+        f"per step: linears {linear:.1f} ms, attention kernel {attention:.1f} ms, other ops "
+        f"{ops - floor:.1f} ms, Python and dispatch about {max(wall - ops, 0.0):.1f} ms "
+        f"(wall {wall:.1f} ms without the profiler); floor (linears + attention only) "
+        f"{floor:.1f} ms = at most {wall / floor:.2f}x this step\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=16)
@@ -172,20 +201,29 @@ def main(argv: list[str] | None = None) -> int:
         cache = BatchCache.from_prefill(cache)
         nxt = torch.zeros(batch, 1, dtype=torch.long)
         steps = 8
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+
+        def decode() -> float:
+            nonlocal mask, step_runs
             t1 = time.perf_counter()
             for _ in range(steps):
                 mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
                 pos = mask.sum(dim=1, keepdim=True) - 1
-                runs = decode_buckets((pos[:, 0] + 1).tolist())
-                kw = {"decode_buckets": runs} if len(runs) > 1 else {}
+                step_runs = decode_buckets((pos[:, 0] + 1).tolist())
+                kw = {"decode_buckets": step_runs} if len(step_runs) > 1 else {}
                 model(input_ids=nxt, attention_mask=mask, position_ids=pos, cache=cache, **kw)
-            step_s = (time.perf_counter() - t1) / steps
-    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)
+            return (time.perf_counter() - t1) / steps
+
+        step_runs: tuple = ()
+        plain_s = decode()  # the same steps without the profiler, for the wall time
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step_s = decode()
+    events = prof.key_averages()
+    table = events.table(sort_by="self_cpu_time_total", row_limit=20)
     head = engine_line + (
         f"profiled: {steps} decode steps at batch {batch}, prompts of {len(rows[-1])}.."
-        f"{width} tokens, attention in {len(runs)} length runs: "
-        f"{1000 * step_s:.0f} ms per step (profiler on)\n"
+        f"{width} tokens, attention in {len(step_runs)} length runs: "
+        f"{1000 * step_s:.0f} ms per step (profiler on), {1000 * plain_s:.0f} ms off\n"
+        + floor_line(events, steps, plain_s)
     )
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(head + table + "\n")

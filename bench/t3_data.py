@@ -192,9 +192,13 @@ def _child_convert(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _child_preprocess(spec: dict[str, Any]) -> dict[str, Any]:
-    # imported before the timing, as the TRL child imports trl (and with it transformers and
-    # torch) before its own: imports are outside both timed sections (`process_wall_s` has
-    # them); run_preprocess would otherwise import them inside
+    # imported before the timing, as the TRL child imports trl (and with it transformers'
+    # modeling stack and torch) before its own: imports are outside both timed sections
+    # (`process_wall_s` has them). `AutoTokenizer.from_pretrained` imports the model's config
+    # class, which needs that stack: with only `AutoTokenizer` imported, the load took 1.36 s,
+    # 1.1 s of it importing, against 0.22 s after `transformers.modeling_utils` (2026-12-03),
+    # so the modeling stack is imported here as trl imports it
+    import transformers.modeling_utils  # noqa: F401
     from transformers import AutoTokenizer  # noqa: F401
 
     from chattune.train.preprocess import PreprocessConfig, run_preprocess

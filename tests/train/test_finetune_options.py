@@ -243,3 +243,12 @@ def test_deepspeed_config_is_written_where_cuda_and_deepspeed_exist(
     # the Trainer fills the "auto" values from its own arguments
     assert ds["train_micro_batch_size_per_gpu"] == "auto"
     assert ft._deepspeed_config(cfg, cuda=False) is None
+
+
+def test_the_step_keeps_freed_memory_for_reuse(tmp_path, tiny_llama_dir, data_dir, monkeypatch):
+    from chattune.compute import malloc
+
+    calls: list[bool | None] = []
+    monkeypatch.setattr(malloc, "tune_malloc", lambda enable=None: calls.append(enable) or "")
+    train(tmp_path, tiny_llama_dir, data_dir, max_steps=1)
+    assert calls == [None]  # once, following CHATTUNE_MALLOC

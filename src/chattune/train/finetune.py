@@ -352,6 +352,9 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
         set_seed,
     )
 
+    from chattune.compute.malloc import tune_malloc
+
+    tune_malloc()  # freed activations reused, not faulted in afresh at every step
     p = cfg.params
     cuda = torch.cuda.is_available()
     set_seed(p.seed)
