@@ -68,6 +68,7 @@ bench: bench-inputs
 	  $(PY) bench/t1_fastpaths.py --steps 2 --no-scaling --variants chattune_bf16 --no-baseline-profile && \
 	  $(PY) bench/t2_serving.py && \
 	  $(PY) bench/profile_decode.py --requests 16 --max-new-tokens 24 --repeats 3 && \
+	  $(PY) bench/attention_kernels.py && \
 	  $(PY) bench/t3_data.py --conversations 6000 \
 	) $(BENCH_LOG)
 
@@ -83,5 +84,7 @@ bench-full: bench-inputs
 	  $(PY) bench/t1_fastpaths.py --steps 3 --lengths 128,256,512,1024,2048 && \
 	  $(PY) bench/t2_serving.py --requests 64 && \
 	  $(PY) bench/t2_serving.py --sweep && \
+	  $(PY) bench/malloc_tuning.py && \
+	  $(PY) bench/attention_kernels.py && \
 	  $(PY) bench/t3_data.py --conversations 200000 \
 	) $(BENCH_LOG)

@@ -12,6 +12,10 @@ The order alternates between repeats, and the figures are medians of `--repeats`
          each, after one warm-up request; output tokens/s, and the engine's prefill and
          decode seconds.
 
+The first tuned training process also profiles one more step (torch.profiler's operator
+table) to bench/profiles/train_step_chattune_bf16_malloc.txt: the default training step's
+profile as the product now runs it (`t1_fastpaths.py` runs glibc's default malloc).
+
 Both also report the minor page faults of the timed part (`ru_minflt`: pages the kernel
 mapped in on first touch) and the process's peak RSS.
 
@@ -50,6 +54,7 @@ from common import (  # noqa: E402
 SETTINGS = ("tuned", "default")
 KINDS = ("train", "serve")
 CHILD_TIMEOUT_S = 900
+PROFILE = BENCH / "profiles" / "train_step_chattune_bf16_malloc.txt"
 
 
 def _faults() -> int:
@@ -69,12 +74,15 @@ def child_train(spec: dict[str, Any]) -> dict[str, Any]:
     tf.train_step(model, opt, batch, attn, bf16=True)  # warm-up
     f0 = _faults()
     steps = [tf.train_step(model, opt, batch, attn, bf16=True) for _ in range(spec["steps"])]
+    faults = (_faults() - f0) / len(steps)
+    if spec.get("profile"):  # one more step, profiled: where the time goes now
+        tf.profile_step(model, opt, batch, attn, Path(spec["profile"]), bf16=True)
     return {
         "step_s": statistics.median(s["wall_s"] for s in steps),
         "steps_s": [s["wall_s"] for s in steps],
         "tokens": int(batch["input_ids"].numel()),
         "losses": [s["loss"] for s in steps],
-        "page_faults_per_step": (_faults() - f0) / len(steps),
+        "page_faults_per_step": faults,
     }
 
 
@@ -141,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=24)
     ap.add_argument("--only", choices=KINDS, help="measure only training or only serving")
+    ap.add_argument(
+        "--no-profile", action="store_true", help=f"do not write {PROFILE.relative_to(BENCH)}"
+    )
     ap.add_argument("--model-dir", type=Path)
     ap.add_argument("--data-dir", type=Path, default=BENCH.parent / ".demo" / "chitchat_dataset")
     ap.add_argument("--work-dir", type=Path, default=Path("/tmp/chattune-bench"))
@@ -178,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
             for setting in order:
                 os.environ[MALLOC_ENV] = setting
                 out = work / f"{kind}-{setting}-{rep}.json"
+                profile = kind == "train" and setting == "tuned" and rep == 0
+                spec["profile"] = str(PROFILE) if profile and not a.no_profile else None
+                spec_path.write_text(json.dumps(spec))
                 argv_ = [__file__, "--child", kind, "--spec", str(spec_path), "--out", str(out)]
                 r = run_child(argv_, out, CHILD_TIMEOUT_S)
                 if r["malloc"] != setting:
