@@ -202,28 +202,31 @@ def main(argv: list[str] | None = None) -> int:
         nxt = torch.zeros(batch, 1, dtype=torch.long)
         steps = 8
 
-        def decode() -> float:
+        def decode(n: int) -> list[float]:
             nonlocal mask, step_runs
-            t1 = time.perf_counter()
-            for _ in range(steps):
+            times = []
+            for _ in range(n):
+                t1 = time.perf_counter()
                 mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
                 pos = mask.sum(dim=1, keepdim=True) - 1
                 step_runs = decode_buckets((pos[:, 0] + 1).tolist())
                 kw = {"decode_buckets": step_runs} if len(step_runs) > 1 else {}
                 model(input_ids=nxt, attention_mask=mask, position_ids=pos, cache=cache, **kw)
-            return (time.perf_counter() - t1) / steps
+                times.append(time.perf_counter() - t1)
+            return times
 
         step_runs: tuple = ()
-        plain_s = decode()  # the same steps without the profiler, for the wall time
+        decode(2)  # warm-up
+        plain_s = statistics.median(decode(16))  # the wall time of a step, profiler off
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            step_s = decode()
+            step_s = sum(decode(steps)) / steps
     events = prof.key_averages()
     table = events.table(sort_by="self_cpu_time_total", row_limit=20)
     head = engine_line + (
         f"profiled: {steps} decode steps at batch {batch}, prompts of {len(rows[-1])}.."
         f"{width} tokens, attention in {len(step_runs)} length runs: "
-        f"{1000 * step_s:.0f} ms per step (profiler on), {1000 * plain_s:.0f} ms off\n"
-        + floor_line(events, steps, plain_s)
+        f"{1000 * step_s:.0f} ms per step (profiler on), "
+        f"{1000 * plain_s:.0f} ms off (median of 16)\n" + floor_line(events, steps, plain_s)
     )
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(head + table + "\n")
