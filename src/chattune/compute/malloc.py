@@ -84,7 +84,11 @@ def tune_malloc(enable: bool | None = None) -> str:
     else:
         ok = mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX) == 1
     if not ok:  # glibc refused a value: leave it as it is
-        log.warning("glibc mallopt refused the settings; malloc left at its defaults")
+        log.warning(
+            "glibc mallopt refused the settings; malloc left at its defaults (set "
+            "%s=default to skip the attempt)",
+            MALLOC_ENV,
+        )
         _state = "default"
         return _state
     _state = want
