@@ -1,6 +1,6 @@
-"""Attention kernels measured against the alternatives not taken (issue 6, "what blocks it").
+"""Attention kernels: chattune's against the alternatives (issue 6).
 
-Two microbenchmarks on random bf16 tensors with SmolLM2-135M's heads (9 query heads, 3
+Microbenchmarks on random bf16 tensors with SmolLM2-135M's heads (9 query heads, 3
 key/value heads, head size 64), medians of `--iters` calls after a warm-up, each variant's
 error against an fp32 reference:
 
@@ -12,10 +12,14 @@ error against an fp32 reference:
                                attention) on the same views
               math_contiguous  the same on contiguous copies made beforehand (the copy, one
                                per step and layer in a real decode, is not timed)
-  train     causal attention of one conversation, forward and backward, key/value heads
-            repeated as the packed training path does with autograd
-              flash            SDPA's flash kernel: chattune's path
-              math             matmul -> fp32 softmax -> matmul (eager)
+  train     causal attention of one conversation, forward and backward
+              flash            SDPA's flash kernel, key/value heads repeated as the packed
+                               training path does with autograd (CHATTUNE_ATTENTION_KERNEL=sdpa)
+              math             matmul -> fp32 softmax -> matmul (eager), heads repeated
+              blocked          train/blocked_attention.py: query blocks over batched matmuls,
+                               grouped heads stacked (chattune's default in CPU bf16)
+  prefill   the same without autograd (a prefill, an evaluation): flash in SDPA's GQA mode
+            (the packed path's SDPA call there) against blocked
 
     .venv/bin/python bench/attention_kernels.py              # ~1 min
 """
@@ -36,6 +40,8 @@ if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
 from common import machine_record, versions, write_json  # noqa: E402
+
+from chattune.train.blocked_attention import blocked_causal_attention  # noqa: E402
 
 HEADS, KV_HEADS, HEAD_DIM = 9, 3, 64
 
@@ -102,6 +108,10 @@ def train_case(length: int, iters: int) -> dict[str, Any]:
 
     def step(kind: str, dtype: Any = bf16) -> tuple[Any, Any]:
         q, k, v = (x.to(dtype, copy=True).requires_grad_() for x in (q0, k0, v0))
+        if kind == "blocked":
+            o = blocked_causal_attention(q[0], k[0], v[0], scale)[None]
+            o.backward(grad.to(dtype))
+            return o.detach().float(), q.grad.float()
         kr, vr = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
         if kind == "flash":
             o = F.scaled_dot_product_attention(q, kr, vr, is_causal=True, scale=scale)
@@ -113,11 +123,25 @@ def train_case(length: int, iters: int) -> dict[str, Any]:
 
     ref_out, ref_grad = step("flash", torch.float32)
     out: dict[str, Any] = {"length": length}
-    for name in ("flash", "math"):
+    for name in ("flash", "math", "blocked"):
         out[f"{name}_ms"] = round(1e3 * timed(lambda n=name: step(n), iters), 2)
         o, g = step(name)
         out[f"{name}_max_err"] = round(float((o - ref_out).abs().max()), 5)
         out[f"{name}_grad_rel_err"] = round(float((g - ref_grad).norm() / ref_grad.norm()), 5)
+    with torch.no_grad():
+        out["prefill_flash_ms"] = round(
+            1e3
+            * timed(
+                lambda: F.scaled_dot_product_attention(
+                    q0, k0, v0, is_causal=True, scale=scale, enable_gqa=True
+                ),
+                iters,
+            ),
+            2,
+        )
+        out["prefill_blocked_ms"] = round(
+            1e3 * timed(lambda: blocked_causal_attention(q0[0], k0[0], v0[0], scale), iters), 2
+        )
     return out
 
 
@@ -126,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=60)
     ap.add_argument("--rows", type=int, default=16)
     ap.add_argument("--widths", default="100,400,800", help="decode: key columns attended")
-    ap.add_argument("--lengths", default="64,128,256,512", help="train: conversation tokens")
+    ap.add_argument(
+        "--lengths", default="32,64,128,256,512,1024,2048", help="train: conversation tokens"
+    )
     ap.add_argument("--out-dir", type=Path, default=BENCH / "results")
     a = ap.parse_args(argv)
 
@@ -146,7 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     for r in train:
         print(
             f"  {r['length']:>5} tokens: flash {r['flash_ms']:.2f} ({r['flash_grad_rel_err']}), "
-            f"math {r['math_ms']:.2f} ({r['math_grad_rel_err']})"
+            f"math {r['math_ms']:.2f} ({r['math_grad_rel_err']}), "
+            f"blocked {r['blocked_ms']:.2f} ({r['blocked_grad_rel_err']}): "
+            f"{r['flash_ms'] / r['blocked_ms']:.2f}x flash"
+        )
+    print("prefill attention, bf16, forward without autograd (ms):")
+    for r in train:
+        print(
+            f"  {r['length']:>5} tokens: flash (GQA) {r['prefill_flash_ms']:.2f}, blocked "
+            f"{r['prefill_blocked_ms']:.2f}: {r['prefill_flash_ms'] / r['prefill_blocked_ms']:.2f}x"
         )
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = a.out_dir / f"attention-kernels-{stamp}.json"

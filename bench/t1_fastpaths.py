@@ -12,7 +12,12 @@ machine state; variants alternate step by step and the median step counts:
   chattune          both (the default of `chattune job create` with packing)
   chattune_bf16     the same step as the finetune step runs it with precision bf16 (base
                     in bf16, adapters in fp32, autocast), on a second model; only where
-                    the CPU runs bf16 in hardware
+                    the CPU runs bf16 in hardware. Its attention per conversation takes the
+                    blocked kernel (train/blocked_attention.py), chattune's default there
+  chattune_bf16_sdpa  the same with CHATTUNE_ATTENTION_KERNEL=sdpa: SDPA's flash kernel per
+                    conversation (the blocked kernel off)
+
+The process tunes glibc's malloc first, as the finetune step does (compute/malloc.py).
 
 Scaling: the same `--tokens` per batch cut into sequences of 128 .. 2048 tokens (from the
 tokenized chitchat stream, assistant labels kept), for `baseline` and `chattune`: how the
@@ -57,6 +62,7 @@ from common import (  # noqa: E402
 from t1_training import LORA_TARGETS, _prepare  # noqa: E402
 
 IGNORE = -100
+BF16_VARIANTS = ("chattune_bf16", "chattune_bf16_sdpa")
 VARIANTS = {  # name: (packed attention, supervised logits)
     "baseline": (False, False),
     "packed_attention": (True, False),
@@ -117,15 +123,26 @@ def fixed_length_bin(data: list[dict[str, list[int]]], tokens: int, length: int)
 
 
 def train_step(
-    model: Any, opt: Any, batch: dict[str, Any], packed_attention: bool, bf16: bool = False
+    model: Any,
+    opt: Any,
+    batch: dict[str, Any],
+    packed_attention: bool,
+    bf16: bool = False,
+    kernel: str = "auto",
 ) -> dict:
     """One optimizer step; wall and process CPU seconds (steadier on a shared machine).
 
     `bf16`: the forward under `torch.autocast("cpu", bfloat16)`, as accelerate wraps it when
-    the Trainer runs with `bf16=True` (chattune's finetune step with precision bf16/16)."""
+    the Trainer runs with `bf16=True` (chattune's finetune step with precision bf16/16).
+    `kernel`: CHATTUNE_ATTENTION_KERNEL for the step (the packed attention's kernel)."""
     import contextlib
+    import os
 
     import torch
+
+    from chattune.train.attention import KERNEL_ENV
+
+    os.environ[KERNEL_ENV] = kernel
 
     model.base_model.model.config._attn_implementation = (
         "chattune_packed" if packed_attention else "sdpa"
@@ -151,14 +168,14 @@ def train_step(
 def alternate(model: Any, opt: Any, batches: dict[str, tuple], steps: int) -> dict[str, dict]:
     """Run `steps` rounds; each round one step of every variant, order reversed every round.
     A warm-up round first (not counted). A variant is (batch, packed attention) on `model`,
-    or (batch, packed attention, (its model, its optimizer, bf16 autocast))."""
+    or (batch, packed attention, (its model, its optimizer, bf16 autocast)[, kernel])."""
     out: dict[str, list[dict]] = {name: [] for name in batches}
     names = list(batches)
     for rnd in range(steps + 1):
         for name in names if rnd % 2 == 0 else names[::-1]:
             batch, attn, *own = batches[name]
             m, o, bf16 = own[0] if own else (model, opt, False)
-            r = train_step(m, o, batch, attn, bf16=bf16)
+            r = train_step(m, o, batch, attn, bf16=bf16, kernel=own[1] if own[1:] else "auto")
             if rnd:
                 out[name].append(r)
     tokens = {name: v[0]["input_ids"].numel() for name, v in batches.items()}
@@ -254,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-scaling", action="store_true")
     ap.add_argument(
         "--variants",
-        default=",".join([*VARIANTS, "chattune_bf16"]),
+        default=",".join([*VARIANTS, *BF16_VARIANTS]),
         help="which fast-path variants to run (baseline and chattune always run)",
     )
     ap.add_argument(
@@ -268,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from chattune.compute.machine import cpu_bf16_supported
+    from chattune.compute.malloc import tune_malloc
+
+    tune_malloc()  # as the finetune step does
 
     model_dir = (a.model_dir or default_model_dir()).resolve()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -279,9 +299,11 @@ def main(argv: list[str] | None = None) -> int:
 
     conv = conversations_bin(data, a.tokens)
     wanted = {"baseline", "chattune", *a.variants.split(",")}
-    unknown = wanted - {*VARIANTS, "chattune_bf16"}
+    unknown = wanted - {*VARIANTS, *BF16_VARIANTS}
     if unknown:
-        raise SystemExit(f"unknown variants {sorted(unknown)}; known: {[*VARIANTS]}, chattune_bf16")
+        raise SystemExit(
+            f"unknown variants {sorted(unknown)}; known: {[*VARIANTS, *BF16_VARIANTS]}"
+        )
     batches = {
         name: (packed_batch(conv, logits), attn)
         for name, (attn, logits) in VARIANTS.items()
@@ -289,7 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     hw_bf16 = cpu_bf16_supported() and "chattune_bf16" in wanted  # emulated bf16: ~100x slower
     if hw_bf16:
-        batches["chattune_bf16"] = (*batches["chattune"], load_bf16_variant(model_dir))
+        bf16_model = load_bf16_variant(model_dir)
+        batches["chattune_bf16"] = (*batches["chattune"], bf16_model)
+        if "chattune_bf16_sdpa" in wanted:
+            batches["chattune_bf16_sdpa"] = (*batches["chattune"], bf16_model, "sdpa")
     print(f"fast paths: {len(conv)} conversations, {a.tokens} tokens per batch", flush=True)
     fast = alternate(model, opt, batches, a.steps)
     base = fast["baseline"]["median_wall_s"]
@@ -310,11 +335,14 @@ def main(argv: list[str] | None = None) -> int:
     precision = None
     if hw_bf16:
         bf, bf_opt, _ = batches.pop("chattune_bf16")[2]
-        precision = {
-            "speedup_bf16_vs_fp32": fast["chattune"]["median_wall_s"]
-            / fast["chattune_bf16"]["median_wall_s"]
-        }
+        batches.pop("chattune_bf16_sdpa", None)
+        bf16_s = fast["chattune_bf16"]["median_wall_s"]
+        precision = {"speedup_bf16_vs_fp32": fast["chattune"]["median_wall_s"] / bf16_s}
         print(f"  bf16 against fp32 (chattune): x{precision['speedup_bf16_vs_fp32']:.2f}")
+        if "chattune_bf16_sdpa" in fast:
+            flash = fast["chattune_bf16_sdpa"]["median_wall_s"]
+            precision["speedup_blocked_vs_sdpa_attention"] = flash / bf16_s
+            print(f"  bf16, blocked attention against SDPA's flash: x{flash / bf16_s:.2f}")
         profile_step(
             bf, bf_opt, batches["chattune"][0], True,
             profiles / "train_step_chattune_bf16.txt", bf16=True,

@@ -273,6 +273,7 @@ def test_packed_prefill_reads_gqa_heads_in_place_with_the_same_result(dtype) -> 
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+        mp.setenv(attention.KERNEL_ENV, "sdpa")  # SDPA's path (bf16 would take the blocked one)
         with torch.no_grad():  # a prefill: GQA mode
             fast, _ = attention.packed_sdpa_forward(_Module(), q, k, v, None, cu_seq_lens_q=cu)
         assert calls and all(c.get("enable_gqa") for c in calls)

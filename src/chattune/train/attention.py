@@ -6,7 +6,10 @@ row pays for T^2 attention and the masked SDPA kernel: at 4 x 512 tokens of chit
 was 43% of a SmolLM2 LoRA step on this CPU (bench/profile_train_step.py). Flash-attention's
 varlen kernels avoid it on CUDA; `packed_sdpa_forward` does the same anywhere: it slices the
 row at the `cu_seq_lens_q` boundaries the collator sends and runs causal SDPA (no mask) per
-conversation, so the cost is sum(L_i^2) instead of T^2.
+conversation, so the cost is sum(L_i^2) instead of T^2. On a CPU in bf16, each conversation
+takes `blocked_attention.blocked_causal_attention` (query blocks over oneDNN's batched
+matmuls: 2x SDPA's flash kernel forward + backward at 512 tokens here) where it is the
+faster kernel; `CHATTUNE_ATTENTION_KERNEL=sdpa` keeps SDPA everywhere (`attention_kernel`).
 
     >>> from chattune.train.attention import PACKED_ATTENTION, register
     >>> register()  # once per process; then
@@ -31,12 +34,30 @@ rows (SmolLM2's 9/3 heads). So decode steps always take the stacked call.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from itertools import pairwise
 from typing import Any
 
+from chattune.train.blocked_attention import blocked_causal_attention, use_blocked
+
 PACKED_ATTENTION = "chattune_packed"
 PACKED_OR_SDPA = "chattune_packed_or_sdpa"
+KERNEL_ENV = "CHATTUNE_ATTENTION_KERNEL"
+KERNELS = ("auto", "sdpa")
+
+
+def attention_kernel() -> str:
+    """The packed attention's kernel per conversation, from `CHATTUNE_ATTENTION_KERNEL`:
+    "auto" (the default) takes `blocked_attention.blocked_causal_attention` where it is the
+    faster kernel (CPU bf16) and SDPA elsewhere; "sdpa" always takes SDPA."""
+    value = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
+    if value not in KERNELS:
+        raise ValueError(
+            f"{KERNEL_ENV}={os.environ[KERNEL_ENV]!r} is not a kernel; use one of {KERNELS} "
+            f"(or unset it for 'auto')"
+        )
+    return value
 
 
 def packed_sdpa_forward(
@@ -66,29 +87,39 @@ def packed_sdpa_forward(
             f"attention {PACKED_ATTENTION!r} expects one packed row, got {query.shape[0]}"
         )
     groups = query.shape[1] // key.shape[1]
+    p = dropout if module.training else 0.0
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    blocked = attention_kernel() == "auto" and not p
     # Without autograd (a prefill, an evaluation), SDPA's GQA mode reads the key/value heads
     # in place: bit-identical, and 1.3-1.6x faster than copying them per query head (2,038
     # tokens of 16 prompts, bf16 and fp32, this project's CPU). With autograd, copying is
     # kept: the GQA backward was slower in bf16 here (64 vs 54 ms for a 2,048-token row).
     gqa = groups > 1 and not torch.is_grad_enabled()
-    if groups > 1 and not gqa:
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
-    bounds = cu.tolist()
-    p = dropout if module.training else 0.0
-    outs = [
-        F.scaled_dot_product_attention(
+    repeated: list[Any] = []
+
+    def sdpa(a: int, b: int) -> Any:
+        k, v = key, value
+        if groups > 1 and not gqa:
+            if not repeated:
+                repeated.extend(x.repeat_interleave(groups, dim=1) for x in (key, value))
+            k, v = repeated
+        return F.scaled_dot_product_attention(
             query[:, :, a:b],
-            key[:, :, a:b],
-            value[:, :, a:b],
+            k[:, :, a:b],
+            v[:, :, a:b],
             dropout_p=p,
             is_causal=True,
             scale=scaling,
             **({"enable_gqa": True} if gqa else {}),
         )
-        for a, b in pairwise(bounds)
-        if b > a
-    ]
+
+    def one(a: int, b: int) -> Any:
+        if blocked and use_blocked(query, key, value, b - a):
+            q, k, v = (x[0, :, a:b] for x in (query, key, value))
+            return blocked_causal_attention(q, k, v, scale).unsqueeze(0)
+        return sdpa(a, b)
+
+    outs = [one(a, b) for a, b in pairwise(cu.tolist()) if b > a]
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
     return out.transpose(1, 2).contiguous(), None
 
