@@ -12,6 +12,9 @@ each adding one fast path to the one before:
     +decode      decode steps attend with `train.attention.decode_attention_forward`
     +prepacked   the linear layers' weights packed once for oneDNN (`serving.prepack`), on a
                  second copy of the model: chattune's default engine
+    sdpa prefill the default engine with CHATTUNE_ATTENTION_KERNEL=sdpa: its packed prefill
+                 attends with SDPA's flash kernel, not the blocked kernel it takes in CPU bf16
+                 (`train.blocked_attention`); compare its prefill_seconds with +prepacked's
 
 and checks that all of them decode the same text. Where the serving dtype is not fp32 (bf16
 on a CPU with bf16 instructions), one more engine, `default fp32`, runs chattune's default
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -47,13 +51,15 @@ def prompts(data_dir: Path, n: int) -> list[list[dict[str, str]]]:
     return [firsts[i % len(firsts)] for i in range(n)]
 
 
-def agreement(model: Any, prompts: list[list[int]], tokens: dict[str, list[list[int]]]) -> str:
+def agreement(
+    model: Any, prompts: list[list[int]], tokens: dict[str, list[list[int]]], exact: tuple
+) -> str:
     """Check that every engine decoded the baseline's tokens, or parted from them at a tie
     only (`common.greedy_tie`, judged by `model`): the engines with the baseline's numerics
-    (`+kv`, `+packed`) must match it exactly; the decode attention's length runs sum in
-    another order, which may break a bf16 tie the other way. Raises SystemExit otherwise."""
+    (`exact`) must match it exactly; the decode attention's length runs (and, in CPU bf16,
+    the packed prefill's blocked attention) sum in another order, which may break a bf16 tie
+    the other way. Raises SystemExit otherwise."""
     base = tokens["baseline"]
-    exact = ("+kv", "+packed")
     ties = 0
     for name, answers in tokens.items():
         for i, (want, got) in enumerate(zip(base, answers, strict=True)):
@@ -121,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         resolve_checkpoint,
         serving_dtype,
     )
+    from chattune.train.attention import KERNEL_ENV
 
     ckpt = resolve_checkpoint((a.model_dir or default_model_dir()).resolve())
     tok = load_tokenizer(ckpt)
@@ -141,8 +148,11 @@ def main(argv: list[str] | None = None) -> int:
         "+packed": off | {"kv_cache": "preallocated", "packed_prefill": True},
         "+decode": {},  # the engine's defaults, on plain weights
         "+prepacked": {},
+        "sdpa prefill": {},
     }
-    models = {name: plain for name in variants} | {"+prepacked": (model, adapters)}
+    kernels = {"sdpa prefill": "sdpa"}  # CHATTUNE_ATTENTION_KERNEL per engine, else auto
+    models = {name: plain for name in variants}
+    models |= {"+prepacked": (model, adapters), "sdpa prefill": (model, adapters)}
     if dtype != torch.float32:
         variants["default fp32"] = {}
         models["default fp32"] = load_model(ckpt, device=device, dtype=torch.float32)
@@ -151,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     stats: dict[str, dict] = {}
     for rep in range(a.repeats):
         for name in list(variants) if rep % 2 == 0 else list(variants)[::-1]:
+            os.environ[KERNEL_ENV] = kernels.get(name, "auto")
             engine = Engine(
                 models[name][0], tok, adapters=models[name][1],
                 max_batch_size=max(16, a.requests), **variants[name],
@@ -168,8 +179,11 @@ def main(argv: list[str] | None = None) -> int:
             keys = ("prefill_forwards", "prefill_seconds", "steps", "step_seconds")
             stats[name] = {k: round(after[k] - before[k], 2) for k in keys}
             engine.stop()
+    os.environ[KERNEL_ENV] = "auto"
     tokens.pop("default fp32", None)  # another dtype: greedy text may part from bf16's
-    check = agreement(plain[0], ids, tokens)
+    # +packed's prefill has the baseline's numerics unless it takes the blocked kernel (bf16)
+    exact = ("+kv",) if dtype == torch.bfloat16 else ("+kv", "+packed")
+    check = agreement(plain[0], ids, tokens, exact)
     med = {k: statistics.median(v) for k, v in runs.items()}
     engine_line = (
         f"engine ({str(dtype).removeprefix('torch.')}): {a.requests} requests "

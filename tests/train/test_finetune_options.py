@@ -252,3 +252,14 @@ def test_the_step_keeps_freed_memory_for_reuse(tmp_path, tiny_llama_dir, data_di
     monkeypatch.setattr(malloc, "tune_malloc", lambda enable=None: calls.append(enable) or "")
     train(tmp_path, tiny_llama_dir, data_dir, max_steps=1)
     assert calls == [None]  # once, following CHATTUNE_MALLOC
+
+
+def test_a_bad_attention_kernel_fails_before_training(
+    tmp_path, tiny_llama_dir, data_dir, monkeypatch
+):
+    from chattune.errors import InvalidParameter
+
+    monkeypatch.setenv("CHATTUNE_ATTENTION_KERNEL", "flash3")
+    with pytest.raises(InvalidParameter, match=r"CHATTUNE_ATTENTION_KERNEL='flash3'.*auto, sdpa"):
+        train(tmp_path, tiny_llama_dir, data_dir, max_steps=1)
+    assert not (tmp_path / "out" / "checkpoints").exists()

@@ -435,7 +435,9 @@ def main(argv: list[str] | None = None) -> int:
                     "hardware runs it, else fp16 on GPUs and fp32 on CPUs)")  # fmt: skip
     args = ap.parse_args(argv)
     from chattune.compute.malloc import tune_malloc
+    from chattune.train.attention import attention_kernel
 
+    attention_kernel()  # a bad CHATTUNE_ATTENTION_KERNEL fails at start, not in a prefill
     tune_malloc()  # prefill activations reused, not faulted in afresh at every prompt
     if args.torch_threads:
         # measured on 2 busy cores: a 16-row step of the tiny model took 99 ms with 2 threads

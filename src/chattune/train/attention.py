@@ -50,12 +50,15 @@ KERNELS = ("auto", "sdpa")
 def attention_kernel() -> str:
     """The packed attention's kernel per conversation, from `CHATTUNE_ATTENTION_KERNEL`:
     "auto" (the default) takes `blocked_attention.blocked_causal_attention` where it is the
-    faster kernel (CPU bf16) and SDPA elsewhere; "sdpa" always takes SDPA."""
+    faster kernel (CPU bf16) and SDPA elsewhere; "sdpa" always takes SDPA. Any other value
+    raises `InvalidParameter` (the finetune step and the model server check it at start)."""
     value = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
     if value not in KERNELS:
-        raise ValueError(
-            f"{KERNEL_ENV}={os.environ[KERNEL_ENV]!r} is not a kernel; use one of {KERNELS} "
-            f"(or unset it for 'auto')"
+        from chattune.errors import InvalidParameter
+
+        raise InvalidParameter(
+            f"{KERNEL_ENV}={os.environ[KERNEL_ENV]!r} is not an attention kernel.",
+            fix=f"set it to one of {', '.join(KERNELS)}, or unset it (auto).",
         )
     return value
 

@@ -353,7 +353,9 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
     )
 
     from chattune.compute.malloc import tune_malloc
+    from chattune.train.attention import attention_kernel
 
+    attention_kernel()  # a bad CHATTUNE_ATTENTION_KERNEL fails here, not in the first step
     tune_malloc()  # freed activations reused, not faulted in afresh at every step
     p = cfg.params
     cuda = torch.cuda.is_available()
