@@ -65,10 +65,10 @@ bench-inputs: $(STAMP)
 bench: bench-inputs
 	set -o pipefail; ( \
 	  $(PY) bench/t1_training.py --steps 3 --repeats 3 && \
-	  $(PY) bench/t1_fastpaths.py --steps 2 --no-scaling --variants chattune_bf16,chattune_bf16_sdpa --no-baseline-profile && \
+	  $(PY) bench/t1_fastpaths.py --steps 2 --no-scaling --variants chattune_bf16 --no-baseline-profile && \
 	  $(PY) bench/t2_serving.py && \
 	  $(PY) bench/profile_decode.py --requests 16 --max-new-tokens 24 --repeats 3 && \
-	  $(PY) bench/attention_kernels.py && \
+	  $(PY) bench/attention_kernels.py --lengths 32,64,128,256,512,1024 && \
 	  $(PY) bench/t3_data.py --conversations 6000 \
 	) $(BENCH_LOG)
 
