@@ -22,6 +22,11 @@ error against an fp32 reference:
             (the packed path's SDPA call there) against blocked
 
     .venv/bin/python bench/attention_kernels.py              # ~1 min
+
+Every kernel here is one chattune takes in CPU bf16 only. On a CPU without bf16 instructions
+(`compute.machine.cpu_bf16_supported`) bf16 is emulated, 100x slower, and chattune serves and
+trains in fp32 with SDPA's kernels: the script then measures nothing and says so (`--force`
+measures anyway).
 """
 
 from __future__ import annotations
@@ -154,10 +159,19 @@ def main(argv: list[str] | None = None) -> int:
         "--lengths", default="32,64,128,256,512,1024,2048", help="train: conversation tokens"
     )
     ap.add_argument("--out-dir", type=Path, default=BENCH / "results")
+    ap.add_argument("--force", action="store_true", help="measure on emulated bf16 too")
     a = ap.parse_args(argv)
 
     import torch
 
+    from chattune.compute.machine import cpu_bf16_supported
+
+    if not (cpu_bf16_supported() or a.force):
+        print(
+            "attention kernels: skipped, this CPU has no bf16 instructions (bf16 is emulated "
+            "here, and chattune attends in fp32 with SDPA's kernels); --force measures anyway"
+        )
+        return 0
     torch.manual_seed(0)
     decode = [decode_case(int(w), a.rows, a.iters) for w in a.widths.split(",")]
     train = [train_case(int(n), max(5, a.iters // 4)) for n in a.lengths.split(",")]

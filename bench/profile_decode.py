@@ -21,7 +21,7 @@ on a CPU with bf16 instructions), one more engine, `default fp32`, runs chattune
 engine on the model loaded in fp32: the dtype on and off (its greedy text may part from
 bf16's, so it is compared with nothing). Then records torch.profiler's operator table
 of the same decode step made by hand (the engine's thread is not followed by the profiler) to
-bench/profiles/decode_engine.txt.
+bench/profiles/decode_engine_<dtype>.txt (bf16 or fp32: the serving dtype of this CPU).
 
     .venv/bin/python bench/profile_decode.py --requests 16 --max-new-tokens 64
 """
@@ -114,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model-dir", type=Path)
     ap.add_argument("--data-dir", type=Path, default=BENCH.parent / ".demo" / "chitchat_dataset")
-    ap.add_argument("--out", type=Path, default=BENCH / "profiles" / "decode_engine.txt")
+    ap.add_argument(
+        "--out", type=Path, help="default bench/profiles/decode_engine_<serving dtype>.txt"
+    )
     a = ap.parse_args(argv)
 
     import torch
@@ -242,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{1000 * step_s:.0f} ms per step (profiler on), "
         f"{1000 * plain_s:.0f} ms off (median of 16)\n" + floor_line(events, steps, plain_s)
     )
+    name = {torch.bfloat16: "bf16", torch.float32: "fp32"}.get(dtype, str(dtype))
+    a.out = a.out or BENCH / "profiles" / f"decode_engine_{name}.txt"
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(head + table + "\n")
     print(head + table)
