@@ -228,6 +228,31 @@ class TrainProbe:
         }
 
 
+def busy_cores(interval_s: float = 2.0) -> float:
+    """Cores' worth of CPU time the whole machine spent busy over the next `interval_s`
+    seconds (0 .. cpu count). Called before a harness starts its own work, it measures what
+    else runs. The 1-minute load average would also count the work of the harness that ran
+    just before (a `make bench` step), for a minute after it ended."""
+    import psutil
+
+    return psutil.cpu_percent(interval=interval_s) / 100 * (os.cpu_count() or 1)
+
+
+def check_host(what: str, share: float = 0.5) -> dict[str, Any]:
+    """Warn (stderr) when other processes keep more than `share` of the cores busy; return
+    the figures to record with the results (`busy_cores_start`, `load_average_start`)."""
+    busy, cores = busy_cores(), os.cpu_count() or 1
+    if busy > share * cores:
+        print(
+            f"WARNING: other processes kept {busy:.1f} of {cores} cores busy before {what}: "
+            "they share the CPU, so these timings are not results (oversubscribed OpenMP "
+            "threads slow a step by 10x or more)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return {"busy_cores_start": round(busy, 2), "load_average_start": os.getloadavg()}
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write `data` as indented JSON, atomically (a reader never sees half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,7 @@ if str(BENCH) not in sys.path:
 from common import (  # noqa: E402
     MODEL_NAME,
     BenchFailed,
+    check_host,
     default_model_dir,
     greedy_tie,
     machine_record,
@@ -300,14 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     print(f"model {model_dir}\ndata {a.data_dir}\nwork {work}", flush=True)
     h = Harness(a, model_dir, work)
-    load_start = os.getloadavg()
-    if load_start[0] > 0.5 * (os.cpu_count() or 1):
-        print(
-            f"WARNING: load average {load_start[0]:.1f} on {os.cpu_count()} cores: other "
-            "processes share the CPU, so these timings are not results (oversubscribed "
-            "OpenMP threads slow a decode step by 10x or more)",
-            flush=True,
-        )
+    host = check_host("T2")
     runs: list[dict[str, Any]] = []
     problems: list[str] = []
     try:
@@ -333,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "T2 serving sweep" if a.sweep else "T2 serving",
         "started": started.isoformat(),
         "finished": datetime.now(UTC).isoformat(),
-        "load_average_start": load_start,
+        **host,
         "load_average_end": os.getloadavg(),
         "machine": machine_record(),
         "versions": versions(EXTRA_VERSIONS),

@@ -65,6 +65,7 @@ if str(BENCH) not in sys.path:
 from common import (  # noqa: E402  (bench/ is a folder of scripts, not a package)
     MODEL_NAME,
     BenchFailed,
+    check_host,
     default_model_dir,
     machine_record,
     median,
@@ -570,13 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--conversations must be at least 100 (preprocess needs 10 training rows)")
 
     model_dir = (a.model_dir or default_model_dir()).resolve()
-    load_start = os.getloadavg()
-    if load_start[0] > 0.5 * (os.cpu_count() or 1):
-        print(
-            f"warning: load average {load_start[0]:.1f} on {os.cpu_count()} CPUs: other "
-            "processes share the CPU, the timings are not a result",
-            file=sys.stderr,
-        )
+    host = check_host("T3")
     started = datetime.now(UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     root = a.work_dir.resolve()
@@ -649,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "T3 data",
         "started": started.isoformat(),
         "finished": datetime.now(UTC).isoformat(),
-        "load_average_start": load_start,
+        **host,
         "load_average_end": os.getloadavg(),
         "machine": machine_record(),
         "versions": versions(),
