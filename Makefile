@@ -49,8 +49,9 @@ bench-t3: $(STAMP)
 
 # The whole suite (issue 6, BENCHMARKS.md): T1 contenders, T1 fast paths (bf16 on/off where
 # the CPU has it) + profiles, T2 serving, serving fast paths + decode profile, T3 data (6k
-# conversations); 32m13s on 2026-12-03 on a noisy host, before the bf16 variant joined the
-# fast-path alternation (about 45 s less). Output: bench/results/ (JSON, log), bench/profiles/.
+# conversations); attention kernels only on a CPU with bf16 instructions. 22m32s (bf16 CPU,
+# quiet host) to 31m19s (busy host); 29m42s on a CPU without bf16 (fp32), 2026-12-04.
+# Output: bench/results/ (JSON, log), bench/profiles/.
 # bench-scaling: T1 against sequence length and T2 against concurrency (PNG plots), decode profile.
 # bench-full: the issue's full protocol (T2 64 requests per level, T3 200k conversations).
 BENCH_WS := $(DEMO_DIR)/workspace
