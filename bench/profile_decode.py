@@ -151,13 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         "+packed": off | {"kv_cache": "preallocated", "packed_prefill": True},
         "+decode": {},  # the engine's defaults, on plain weights
         "+prepacked": {},
-        "sdpa prefill": {},
     }
+    if dtype == torch.bfloat16:  # the blocked kernel is CPU bf16 only: else the same engine
+        variants["sdpa prefill"] = {}
     kernels = {"sdpa prefill": "sdpa"}  # CHATTUNE_ATTENTION_KERNEL per engine, else auto
     models = {name: plain for name in variants}
     models |= {"+prepacked": (model, adapters), "sdpa prefill": (model, adapters)}
-    if dtype != torch.bfloat16:  # the blocked kernel is CPU bf16 only: the same engine here
-        del variants["sdpa prefill"]
     if dtype != torch.float32:
         variants["default fp32"] = {}
         models["default fp32"] = load_model(ckpt, device=device, dtype=torch.float32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -20,7 +21,7 @@ def test_busy_cores_sees_a_spinning_process() -> None:
     finally:
         spin.kill()
         spin.wait()
-    assert 0.5 <= busy <= (common.os.cpu_count() or 1) + 0.01
+    assert 0.5 <= busy <= (os.cpu_count() or 1) + 0.01
 
 
 def test_check_host_warns_and_records(capsys) -> None:
