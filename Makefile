@@ -47,12 +47,13 @@ bench-t2: $(STAMP)
 bench-t3: $(STAMP)
 	$(PY) bench/t3_data.py $(BENCH_ARGS)
 
-# The whole suite (issue 6, BENCHMARKS.md): T1 contenders, T1 fast paths (bf16 on/off where
-# the CPU has it) + profiles, T2 serving, serving fast paths + decode profile, T3 data (6k
-# conversations); attention kernels only on a CPU with bf16 instructions. 22m32s (bf16 CPU,
-# quiet host) to 31m19s (busy host); 29m42s on a CPU without bf16 (fp32), 2026-12-04.
+# The whole suite (issue 6, BENCHMARKS.md): T1 contenders, T2 serving, serving fast paths +
+# decode profile, the decode step's linears against the CPU's bounds, T3 data (6k
+# conversations); attention kernels only on a CPU with bf16 instructions. Its time on the
+# development machines is in bench/README.md.
 # Output: bench/results/ (JSON, log), bench/profiles/.
-# bench-scaling: T1 against sequence length and T2 against concurrency (PNG plots), decode profile.
+# bench-scaling: T1 fast paths on/off (bf16 where the CPU has it) + training-step profiles,
+# T1 against sequence length and T2 against concurrency (PNG plots).
 # bench-full: the issue's full protocol (T2 64 requests per level, T3 200k conversations).
 BENCH_WS := $(DEMO_DIR)/workspace
 BENCH_LOG = 2>&1 | tee bench/results/$@-$$(date -u +%Y%m%dT%H%M%SZ).log
@@ -66,9 +67,9 @@ bench-inputs: $(STAMP)
 bench: bench-inputs
 	set -o pipefail; ( \
 	  $(PY) bench/t1_training.py --steps 3 --repeats 3 && \
-	  $(PY) bench/t1_fastpaths.py --steps 2 --no-scaling --variants chattune_bf16 --no-baseline-profile && \
 	  $(PY) bench/t2_serving.py && \
 	  $(PY) bench/profile_decode.py --requests 16 --max-new-tokens 24 --repeats 3 && \
+	  $(PY) bench/linear_kernels.py && \
 	  $(PY) bench/attention_kernels.py --lengths 32,64,128,256,512,1024 && \
 	  $(PY) bench/t3_data.py --conversations 6000 \
 	) $(BENCH_LOG)
@@ -86,6 +87,7 @@ bench-full: bench-inputs
 	  $(PY) bench/t2_serving.py --requests 64 && \
 	  $(PY) bench/t2_serving.py --sweep && \
 	  $(PY) bench/malloc_tuning.py && \
+	  $(PY) bench/linear_kernels.py --inductor && \
 	  $(PY) bench/attention_kernels.py && \
 	  $(PY) bench/t3_data.py --conversations 200000 \
 	) $(BENCH_LOG)
