@@ -47,13 +47,13 @@ bench-t2: $(STAMP)
 bench-t3: $(STAMP)
 	$(PY) bench/t3_data.py $(BENCH_ARGS)
 
-# The whole suite (issue 6, BENCHMARKS.md): T1 contenders, T2 serving, serving fast paths +
-# decode profile, the decode step's linears against the CPU's bounds, T3 data (6k
-# conversations); attention kernels only on a CPU with bf16 instructions. Its time on the
-# development machines is in bench/README.md.
+# The whole suite (issue 6, BENCHMARKS.md): the contenders side by side, T1 training, T2
+# serving, T3 data (6k conversations), and the decode step's linears against the CPU's
+# bounds. Its time on the development machines is in bench/README.md.
 # Output: bench/results/ (JSON, log), bench/profiles/.
-# bench-scaling: T1 fast paths on/off (bf16 where the CPU has it) + training-step profiles,
-# T1 against sequence length and T2 against concurrency (PNG plots).
+# bench-scaling: chattune's fast paths on and off with the profiles of a training step and
+# a decode step, T1 against sequence length and T2 against concurrency (PNG plots), the
+# attention kernels (CPUs with bf16 instructions only).
 # bench-full: the issue's full protocol (T2 64 requests per level, T3 200k conversations).
 BENCH_WS := $(DEMO_DIR)/workspace
 BENCH_LOG = 2>&1 | tee bench/results/$@-$$(date -u +%Y%m%dT%H%M%SZ).log
@@ -68,15 +68,15 @@ bench: bench-inputs
 	set -o pipefail; ( \
 	  $(PY) bench/t1_training.py --steps 3 --repeats 3 && \
 	  $(PY) bench/t2_serving.py && \
-	  $(PY) bench/profile_decode.py --requests 16 --max-new-tokens 24 --repeats 3 && \
 	  $(PY) bench/linear_kernels.py && \
-	  $(PY) bench/attention_kernels.py --lengths 32,64,128,256,512,1024 && \
 	  $(PY) bench/t3_data.py --conversations 6000 \
 	) $(BENCH_LOG)
 
 bench-scaling: bench-inputs
 	set -o pipefail; ( \
 	  $(PY) bench/t1_fastpaths.py --steps 2 --lengths 128,512,2048 --compile && \
+	  $(PY) bench/profile_decode.py --requests 16 --max-new-tokens 24 --repeats 3 && \
+	  $(PY) bench/attention_kernels.py --lengths 32,64,128,256,512,1024 && \
 	  $(PY) bench/t2_serving.py --sweep \
 	) $(BENCH_LOG)
 
@@ -86,6 +86,7 @@ bench-full: bench-inputs
 	  $(PY) bench/t1_fastpaths.py --steps 3 --lengths 128,256,512,1024,2048 && \
 	  $(PY) bench/t2_serving.py --requests 64 && \
 	  $(PY) bench/t2_serving.py --sweep && \
+	  $(PY) bench/profile_decode.py --requests 16 --max-new-tokens 24 --repeats 3 && \
 	  $(PY) bench/malloc_tuning.py && \
 	  $(PY) bench/linear_kernels.py --inductor && \
 	  $(PY) bench/attention_kernels.py && \

@@ -31,8 +31,8 @@ to bench/profiles/.
 time included), the steady step, a step on a batch of other conversations (new lengths:
 recompiles), and the break-even step count.
 
-`--variants`: a subset (baseline and chattune always run); `make bench` runs baseline,
-chattune and chattune_bf16 without the baseline's profile, `make bench-full` all of them.
+`--variants`: a subset (baseline and chattune always run); `make bench-scaling` and `make
+bench-full` run all of them.
 
     .venv/bin/python bench/t1_fastpaths.py --steps 3
 """
