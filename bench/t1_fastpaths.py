@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     a.results_dir.mkdir(parents=True, exist_ok=True)
-    png = a.results_dir / "t1-scaling.png"
+    png = a.results_dir / f"t1-scaling-{stamp}.png"  # one per run, as T2's sweep
     if scaling["chattune"]:
         plot(scaling, png)
     out = a.results_dir / f"t1f-{stamp}.json"
