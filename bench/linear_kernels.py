@@ -104,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", default="1,4,16,32", help="rows per call (decode batch sizes)")
-    ap.add_argument("--dtype", help="float32 or bfloat16 (default: chattune's serving dtype)")
+    ap.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        help="the weights' dtype (default: chattune's serving dtype on this CPU)",
+    )
     ap.add_argument("--repeats", type=int, default=5, help="passes per variant; the best counts")
     ap.add_argument("--inductor", action="store_true", help="also inductor's C++ GEMM template")
     ap.add_argument("--model-dir", type=Path, help="the model whose shapes to use")

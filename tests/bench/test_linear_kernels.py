@@ -83,3 +83,10 @@ def test_a_variant_that_disagrees_fails_the_run(
             ["--model-dir", str(_model(tmp_path)), "--rows", "1", "--repeats", "1",
              "--dtype", "float32", "--results-dir", str(tmp_path / "out")]
         )  # fmt: skip
+
+
+def test_an_unknown_dtype_is_refused_with_the_choices(lk: Any, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        lk.main(["--dtype", "float16"])
+    assert exc.value.code == 2
+    assert "choose from 'float32', 'bfloat16'" in capsys.readouterr().err
