@@ -17,8 +17,8 @@ Variants:
 
 Every variant's outputs are checked against `plain`'s (same seeded weights and inputs).
 
-    .venv/bin/python bench/linear_kernels.py               # ~1 min
-    .venv/bin/python bench/linear_kernels.py --inductor    # + about 3 min of compiling
+    .venv/bin/python bench/linear_kernels.py                         # ~10 s
+    .venv/bin/python bench/linear_kernels.py --rows 1,16 --inductor  # + ~2 min compiling
 
 Writes bench/results/linears-<UTC stamp>.json and prints a table.
 """
@@ -53,7 +53,10 @@ from common import (  # noqa: E402
 
 def model_shapes(model_dir: Path) -> list[tuple[int, int]]:
     """(out, in) of every linear layer a decode step of the model in `model_dir` runs."""
-    cfg = json.loads((model_dir / "config.json").read_text())
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise SystemExit(f"no config.json in {model_dir}: pass --model-dir a model folder")
+    cfg = json.loads(path.read_text())
     h, inter = cfg["hidden_size"], cfg["intermediate_size"]
     head = cfg.get("head_dim") or h // cfg["num_attention_heads"]
     q, kv = cfg["num_attention_heads"] * head, cfg.get("num_key_value_heads", 1) * head

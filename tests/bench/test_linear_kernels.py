@@ -46,14 +46,10 @@ def test_explicit_head_dim_is_used(lk: Any, tmp_path: Path) -> None:
 
 
 def test_run_records_both_variants_and_the_bounds(lk: Any, tmp_path: Path) -> None:
-    threads = torch.get_num_threads()
-    try:
-        rc = lk.main(
-            ["--model-dir", str(_model(tmp_path)), "--rows", "1,3", "--repeats", "1",
-             "--dtype", "float32", "--results-dir", str(tmp_path / "out")]
-        )  # fmt: skip
-    finally:
-        torch.set_num_threads(threads)
+    rc = lk.main(
+        ["--model-dir", str(_model(tmp_path)), "--rows", "1,3", "--repeats", "1",
+         "--dtype", "float32", "--results-dir", str(tmp_path / "out")]
+    )  # fmt: skip
     assert rc == 0
     (out,) = (tmp_path / "out").glob("linears-*.json")
     data = json.loads(out.read_text())
@@ -64,7 +60,9 @@ def test_run_records_both_variants_and_the_bounds(lk: Any, tmp_path: Path) -> No
     assert got == {("plain", 1), ("packed", 1), ("plain", 3), ("packed", 3)}
     for r in data["results"]:
         assert r["seconds"] > 0 and r["max_abs_diff"] <= 1e-3
-        assert r["of_larger_bound"] <= r["of_sum_of_bounds"]
+        assert r["memory_bound_s"] == pytest.approx(data["bytes"] / data["read_gb_s"] / 1e9)
+        flops = 2 * r["rows"] * data["weights"]
+        assert r["compute_bound_s"] == pytest.approx(flops / data["matmul_peak_gflop_s"] / 1e9)
     if torch.backends.mkldnn.is_available():
         assert data["packed_layers"] == 15
 
@@ -83,6 +81,11 @@ def test_a_variant_that_disagrees_fails_the_run(
             ["--model-dir", str(_model(tmp_path)), "--rows", "1", "--repeats", "1",
              "--dtype", "float32", "--results-dir", str(tmp_path / "out")]
         )  # fmt: skip
+
+
+def test_a_folder_without_config_says_what_to_pass(lk: Any, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"no config\.json in .*: pass --model-dir"):
+        lk.model_shapes(tmp_path)
 
 
 def test_an_unknown_dtype_is_refused_with_the_choices(lk: Any, capsys) -> None:
