@@ -6,7 +6,7 @@ error against an fp32 reference:
 
   decode    one new token per row, 16 rows, keys/values as the engine keeps them: views
             (rows, kv_heads, lo:hi, head_dim) of preallocated slabs (`serving.kvcache`), the
-            query heads of each key/value head stacked (`train.attention.decode_attention_forward`)
+            query heads of each key/value head stacked (`kernels.attention.decode_attention_forward`)
               flash            SDPA (its CPU flash kernel) on the slab views: chattune's path
               math_views       matmul -> fp32 softmax -> matmul (transformers' eager
                                attention) on the same views
@@ -16,7 +16,7 @@ error against an fp32 reference:
               flash            SDPA's flash kernel, key/value heads repeated as the packed
                                training path does with autograd (CHATTUNE_ATTENTION_KERNEL=sdpa)
               math             matmul -> fp32 softmax -> matmul (eager), heads repeated
-              blocked          train/blocked_attention.py: query blocks over batched matmuls,
+              blocked          kernels/blocked_attention.py: query blocks over batched matmuls,
                                grouped heads stacked (chattune's default in CPU bf16)
   prefill   the same without autograd (a prefill, an evaluation): flash in SDPA's GQA mode
             (the packed path's SDPA call there) against blocked
@@ -46,7 +46,7 @@ if str(BENCH) not in sys.path:
 
 from common import machine_record, versions, write_json  # noqa: E402
 
-from chattune.train.blocked_attention import blocked_causal_attention  # noqa: E402
+from chattune.kernels.blocked_attention import blocked_causal_attention  # noqa: E402
 
 HEADS, KV_HEADS, HEAD_DIM = 9, 3, 64
 

@@ -11,7 +11,7 @@ count and sets it against two bounds measured in the same run:
 
 Variants:
   plain     `F.linear` (oneDNN/MKL on the plain weight)
-  packed    chattune's serving path: weights packed once for oneDNN (serving/prepack.py)
+  packed    chattune's serving path: weights packed once for oneDNN (kernels/prepack.py)
   inductor  (`--inductor`) torch.compile with freezing and inductor's C++ GEMM template
             (max-autotune), all linears in one compiled module; compiling takes minutes
 
@@ -103,7 +103,7 @@ def linear_stack(shapes: list[tuple[int, int]], dtype: torch.dtype) -> LinearSta
 def main(argv: list[str] | None = None) -> int:
     """Time the linears at each row count; write bench/results/linears-*.json; print a table."""
     from chattune.serving.loader import serving_dtype
-    from chattune.serving.prepack import packed_count, prepack_linears
+    from chattune.kernels.prepack import packed_count, prepack_linears
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", default="1,4,16,32", help="rows per call (decode batch sizes)")

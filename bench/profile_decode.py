@@ -9,12 +9,12 @@ each adding one fast path to the one before:
                  at a time, transformers' sdpa, plain nn.Linear weights
     +kv          the preallocated KV cache (`kvcache.BatchCache`)
     +packed      the prompts that arrive together prefilled in one packed forward
-    +decode      decode steps attend with `train.attention.decode_attention_forward`
-    +prepacked   the linear layers' weights packed once for oneDNN (`serving.prepack`), on a
+    +decode      decode steps attend with `kernels.attention.decode_attention_forward`
+    +prepacked   the linear layers' weights packed once for oneDNN (`kernels.prepack`), on a
                  second copy of the model: chattune's default engine
     sdpa prefill the default engine with CHATTUNE_ATTENTION_KERNEL=sdpa: its packed prefill
                  attends with SDPA's flash kernel, not the blocked kernel it takes in CPU bf16
-                 (`train.blocked_attention`); compare its prefill_seconds with +prepacked's
+                 (`kernels.blocked_attention`); compare its prefill_seconds with +prepacked's
                  (measured in bf16 only: in any other dtype it is +prepacked's engine)
 
 and checks that all of them decode the same text. Where the serving dtype is not fp32 (bf16
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         resolve_checkpoint,
         serving_dtype,
     )
-    from chattune.train.attention import KERNEL_ENV
+    from chattune.kernels.attention import KERNEL_ENV
 
     ckpt = resolve_checkpoint((a.model_dir or default_model_dir()).resolve())
     tok = load_tokenizer(ckpt)

@@ -7,13 +7,13 @@ machine state; variants alternate step by step and the median step counts:
 
   baseline          transformers' sdpa with the block-diagonal mask it builds from the packed
                     position_ids, logits and cross-entropy over every position
-  packed_attention  chattune's attention per packed conversation (train/attention.py)
+  packed_attention  chattune's attention per packed conversation (kernels/attention.py)
   supervised_logits only the positions whose next token is a label go through the lm_head
   chattune          both (the default of `chattune job create` with packing)
   chattune_bf16     the same step as the finetune step runs it with precision bf16 (base
                     in bf16, adapters in fp32, autocast), on a second model; only where
                     the CPU runs bf16 in hardware. Its attention per conversation takes the
-                    blocked kernel (train/blocked_attention.py), chattune's default there
+                    blocked kernel (kernels/blocked_attention.py), chattune's default there
   chattune_bf16_sdpa  the same with CHATTUNE_ATTENTION_KERNEL=sdpa: SDPA's flash kernel per
                     conversation (the blocked kernel off)
 
@@ -79,7 +79,7 @@ def load_lora(model_dir: Path, bf16: bool = False) -> Any:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from chattune.train.attention import register
+    from chattune.kernels.attention import register
 
     register()
     dtype = torch.bfloat16 if bf16 else torch.float32
@@ -140,7 +140,7 @@ def train_step(
 
     import torch
 
-    from chattune.train.attention import KERNEL_ENV
+    from chattune.kernels.attention import KERNEL_ENV
 
     os.environ[KERNEL_ENV] = kernel
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny_models import save_tiny_llama, save_tiny_phi3
+from tests.tiny_models import make_adapter, make_chatty, save_tiny_llama, save_tiny_phi3
 
 # No test may reach a hub: fail fast instead of waiting on a network that is not there.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,3 +33,27 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     home = tmp_path / "ws"
     monkeypatch.setenv("CHATTUNE_HOME", str(home))
     return Workspace.open(home)
+
+
+# Tiny models are initialised with std 0.02, so greedy decoding repeats one token: a test
+# comparing token streams would prove little. `chatty_*` copies re-draw every weight but the
+# norms with std 1.0: varied tokens, and top-2 logit gaps far above float noise, so batched
+# and unbatched greedy runs must agree exactly.
+@pytest.fixture(scope="session")
+def chatty_llama_dir(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_chatty(tiny_llama_dir, tmp_path_factory.mktemp("chatty-llama"))
+
+
+@pytest.fixture(scope="session")
+def chatty_phi3_dir(tiny_phi3_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_chatty(tiny_phi3_dir, tmp_path_factory.mktemp("chatty-phi3"))
+
+
+@pytest.fixture(scope="session")
+def llama_adapters(chatty_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Two different LoRA adapters on `chatty_llama_dir`, by name."""
+    root = tmp_path_factory.mktemp("adapters")
+    return {
+        "a1": make_adapter(chatty_llama_dir, root / "a1", seed=11),
+        "a2": make_adapter(chatty_llama_dir, root / "a2", seed=22),
+    }

@@ -101,3 +101,35 @@ def save_tiny_phi3(path: Path) -> Path:
     Phi3ForCausalLM(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def make_chatty(src: Path, dst: Path, seed: int = 1, std: float = 1.0) -> Path:
+    """Copy the model of `src` to `dst` with every non-norm weight redrawn N(0, std)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(src)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, w in model.named_parameters():
+            if "norm" not in name:
+                w.copy_(torch.randn(w.shape, generator=gen) * std)
+    model.save_pretrained(dst)
+    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+    return dst
+
+
+def make_adapter(base: Path, dst: Path, seed: int, r: int = 4) -> Path:
+    """A LoRA adapter on `base` with random non-zero A and B (PEFT zeroes B at init)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base)
+    cfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj", "o_proj"])
+    peft_model = get_peft_model(model, cfg)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, w in peft_model.named_parameters():
+            if "lora_" in name:
+                w.copy_(torch.randn(w.shape, generator=gen) * 0.5)
+    peft_model.save_pretrained(dst)
+    return dst

@@ -75,7 +75,7 @@ def test_a_variant_that_disagrees_fails_the_run(
             model.layers[0].weight.add_(1.0)
         return 1
 
-    monkeypatch.setattr("chattune.serving.prepack.prepack_linears", bad_prepack)
+    monkeypatch.setattr("chattune.kernels.prepack.prepack_linears", bad_prepack)
     with pytest.raises(lk.BenchFailed, match=r"packed at 1 rows differs from F\.linear"):
         lk.main(
             ["--model-dir", str(_model(tmp_path)), "--rows", "1", "--repeats", "1",

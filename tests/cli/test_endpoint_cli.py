@@ -210,7 +210,7 @@ def test_create_deploy_invoke_delete(workspace, capsys, tiny_llama_dir, tmp_path
 
 @pytest.mark.integration
 def test_lora_only_deployments_share_one_base(workspace, capsys, tiny_llama_dir, tmp_path) -> None:
-    from tests.serving.conftest import make_adapter
+    from tests.tiny_models import make_adapter
 
     ws = workspace
     models = {}

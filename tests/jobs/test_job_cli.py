@@ -79,7 +79,8 @@ def history(ws: Workspace, run_id: str, key: str) -> list[tuple[int, float]]:
 def kill_leftovers(workspace: Workspace):
     """Whatever a test leaves running is killed, even when the test fails."""
     yield
-    from chattune.jobs.store import list_jobs, pid_alive
+    from chattune.jobs.store import list_jobs
+    from chattune.workspace.processes import pid_alive
 
     for job in list_jobs(workspace):
         if job.pid and pid_alive(job.pid):

@@ -176,7 +176,7 @@ def test_padded_batch_equals_each_sequence_alone(model_dir: Path, attn: str) -> 
 # -- the fast paths: attention per packed sequence, logits only where a label is -----------------
 @pytest.fixture
 def packed_attention() -> str:
-    from chattune.train.attention import register
+    from chattune.kernels.attention import register
 
     return register()
 

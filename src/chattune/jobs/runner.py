@@ -12,7 +12,6 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
-import subprocess
 import sys
 import time
 import traceback
@@ -29,31 +28,21 @@ from chattune.jobs.store import (
     list_jobs,
     log_path,
     merge_metrics,
-    pid_alive,
     update_job,
     update_step,
 )
 from chattune.train.params import FinetuneParams
 from chattune.workspace import Workspace
+from chattune.workspace.processes import pid_alive, spawn_detached
 
 QUEUE_POLL_S = 1.0
 
 
 def spawn_runner(ws: Workspace, name: str) -> int:
     """Start the runner of job `name`, detached: it outlives the command that started it."""
-    log = log_path(ws, name)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "chattune.jobs.runner", str(ws.root), name],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: Ctrl-C in the shell won't reach it
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    update_job(ws, name, pid=proc.pid)
-    return proc.pid
+    pid = spawn_detached(["chattune.jobs.runner", str(ws.root), name], log_path(ws, name))
+    update_job(ws, name, pid=pid)
+    return pid
 
 
 def _say(msg: str) -> None:

@@ -11,9 +11,10 @@ from typing import Any
 from chattune.errors import ChattuneError, InvalidParameter
 from chattune.jobs.runner import spawn_runner
 from chattune.jobs.spec import JobSpec, build_spec
-from chattune.jobs.store import JobRecord, create_job, get_job, pid_alive, update_job
+from chattune.jobs.store import JobRecord, create_job, get_job, update_job
 from chattune.train.params import FinetuneParams, parse_params
 from chattune.workspace import Workspace
+from chattune.workspace.processes import pid_alive
 
 
 def resolve_parameters(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 from chattune.errors import ChattuneError, InvalidParameter
 from chattune.jobs.spec import STEPS, JobSpec
 from chattune.workspace import Workspace
+from chattune.workspace.processes import pid_alive
 
 TERMINAL = ("Completed", "Failed", "Canceled")
 
@@ -58,22 +58,6 @@ def log_path(ws: Workspace, name: str) -> Path:
 
 def progress_path(ws: Workspace, name: str) -> Path:
     return job_dir(ws, name) / "progress.json"
-
-
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped by its parent) is not alive
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def _record(row: Any) -> JobRecord:

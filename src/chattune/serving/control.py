@@ -13,15 +13,12 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 
 import httpx
 
 from chattune.errors import DeploymentFailed, EndpointError
-from chattune.jobs.store import pid_alive
 from chattune.serving.deployments import (
     Deployment,
     get_deployment,
@@ -40,6 +37,7 @@ from chattune.serving.endpoints import (
 from chattune.serving.instances import free_port, port_free
 from chattune.serving.supervisor import status_path
 from chattune.workspace import Workspace
+from chattune.workspace.processes import pid_alive, spawn_detached
 
 POLL_S = 0.02
 
@@ -58,19 +56,10 @@ def _log_tail(ws: Workspace, endpoint: str, n: int = 5) -> str:
 
 def spawn_supervisor(ws: Workspace, endpoint: str) -> int:
     """Start the supervisor of `endpoint` detached (own session: it outlives the CLI)."""
-    log = log_path(ws, endpoint)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "chattune.serving.supervisor", str(ws.root), endpoint],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    set_endpoint_fields(ws, endpoint, bump=False, pid=proc.pid, state="creating", error=None)
-    return proc.pid
+    args = ["chattune.serving.supervisor", str(ws.root), endpoint]
+    pid = spawn_detached(args, log_path(ws, endpoint))
+    set_endpoint_fields(ws, endpoint, bump=False, pid=pid, state="creating", error=None)
+    return pid
 
 
 def _status(ws: Workspace, endpoint: str) -> dict:

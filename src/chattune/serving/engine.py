@@ -194,8 +194,8 @@ def _serving_attention(model: Any, packed: bool, decode: bool) -> tuple[bool, bo
     """Switch `model`'s sdpa attention to chattune's serving attention with packed prefills
     (`packed`) and the decode-step attention (`decode`) as asked. Returns whether it can
     prefill packed prompts (sdpa switched with `packed`, or flash attention) and whether
-    decode steps take `train.attention.decode_attention_forward`."""
-    from chattune.train.attention import SERVING_ATTENTIONS, register_serving
+    decode steps take `kernels.attention.decode_attention_forward`."""
+    from chattune.kernels.attention import SERVING_ATTENTIONS, register_serving
 
     impl = getattr(model.config, "_attn_implementation", None)
     if impl == "sdpa" or impl in SERVING_ATTENTIONS.values():
@@ -304,9 +304,9 @@ class Engine:
             arrivals causes.
         packed_prefill: prefill the requests that arrive together (same adapter) in one
             forward, packed back to back with per-prompt attention; needs the model's
-            attention to be sdpa (switched to `train.attention.PACKED_OR_SDPA`) or
+            attention to be sdpa (switched to `kernels.attention.PACKED_OR_SDPA`) or
             flash_attention_2, else they are prefilled one at a time.
-        decode_attention: decode steps attend with `train.attention.decode_attention_forward`
+        decode_attention: decode steps attend with `kernels.attention.decode_attention_forward`
             (sdpa models on a CPU only, where it was measured; else sdpa), in runs of rows of
             similar length (`decode_buckets`; the batch's rows are kept longest first), so
             short rows do not attend over the longest row's padding.
@@ -505,7 +505,7 @@ class Engine:
         kw: dict[str, Any] = {"position_ids": positions, self._cache_kw: DynamicCache()}
         if len(rows) == 1:
             kw.update(attention_mask=torch.ones_like(ids), logits_to_keep=1)
-        else:  # per-prompt causal attention (train/attention.py), logits at each prompt's end
+        else:  # per-prompt causal attention (kernels/attention.py), logits at each prompt's end
             cu = torch.tensor([0, *ends], dtype=torch.int32, device=self.device)
             kw.update(
                 cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lens),

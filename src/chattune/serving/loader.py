@@ -256,7 +256,7 @@ def load_model(
             model.load_adapter(adapter_dir, adapter_name=name)
     model.to(device).eval()
     if prepack and device.type == "cpu":
-        from chattune.serving.prepack import prepack_linears
+        from chattune.kernels.prepack import prepack_linears
 
         prepack_linears(model)
     return model, list(named)

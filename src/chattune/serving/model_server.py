@@ -88,6 +88,7 @@ def load_engine(
     import torch
 
     from chattune.compute.malloc import malloc_state
+    from chattune.kernels.prepack import packed_count
     from chattune.serving.loader import (
         DEFAULT_ADAPTER,
         load_model,
@@ -95,7 +96,6 @@ def load_engine(
         resolve_checkpoint,
         serving_dtype,
     )
-    from chattune.serving.prepack import packed_count
 
     t0 = time.perf_counter()
     ckpt = resolve_checkpoint(model_dir)
@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
                     "hardware runs it, else fp16 on GPUs and fp32 on CPUs)")  # fmt: skip
     args = ap.parse_args(argv)
     from chattune.compute.malloc import tune_malloc
-    from chattune.train.attention import attention_kernel
+    from chattune.kernels.attention import attention_kernel
 
     attention_kernel()  # a bad CHATTUNE_ATTENTION_KERNEL fails at start, not in a prefill
     tune_malloc()  # prefill activations reused, not faulted in afresh at every prompt

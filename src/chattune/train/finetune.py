@@ -234,7 +234,7 @@ def _attn_implementation(p: FinetuneParams) -> str | None:
     if _flash_attention():
         return "flash_attention_2"
     if p.packed_attention:
-        from chattune.train.attention import register
+        from chattune.kernels.attention import register
 
         return register()
     return None  # sdpa with a block-diagonal mask built from position_ids
@@ -353,7 +353,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
     )
 
     from chattune.compute.malloc import tune_malloc
-    from chattune.train.attention import attention_kernel
+    from chattune.kernels.attention import attention_kernel
 
     attention_kernel()  # a bad CHATTUNE_ATTENTION_KERNEL fails here, not in the first step
     tune_malloc()  # freed activations reused, not faulted in afresh at every step

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from chattune.errors import InvalidParameter
-from chattune.train.attention import KERNEL_ENV, attention_kernel, register
-from chattune.train.blocked_attention import (
+from chattune.kernels.attention import KERNEL_ENV, attention_kernel, register
+from chattune.kernels.blocked_attention import (
     BLOCK,
     MIN_NO_GRAD_TOKENS,
     blocked_causal_attention,
@@ -114,7 +114,7 @@ def test_packed_bf16_step_same_with_either_kernel(
     """A bf16 training step on a packed row (three conversations, one over a block) through
     the model: the blocked kernel's loss and gradients agree with SDPA's within bf16 rounding,
     and the kernel really ran (counted)."""
-    import chattune.train.attention as attention
+    import chattune.kernels.attention as attention
 
     name = register()
     g = torch.Generator().manual_seed(0)

@@ -11,7 +11,7 @@ takes `blocked_attention.blocked_causal_attention` (query blocks over oneDNN's b
 matmuls: 2x SDPA's flash kernel forward + backward at 512 tokens here) where it is the
 faster kernel; `CHATTUNE_ATTENTION_KERNEL=sdpa` keeps SDPA everywhere (`attention_kernel`).
 
-    >>> from chattune.train.attention import PACKED_ATTENTION, register
+    >>> from chattune.kernels.attention import PACKED_ATTENTION, register
     >>> register()  # once per process; then
     >>> model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=PACKED_ATTENTION)
 
@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from itertools import pairwise
 from typing import Any
 
-from chattune.train.blocked_attention import blocked_causal_attention, use_blocked
+from chattune.kernels.blocked_attention import blocked_causal_attention, use_blocked
 
 PACKED_ATTENTION = "chattune_packed"
 PACKED_OR_SDPA = "chattune_packed_or_sdpa"

@@ -14,11 +14,11 @@ import torch
 from torch import nn
 
 from chattune.compute.machine import cpu_bf16_supported
-from chattune.serving import prepack
+from chattune.kernels import prepack
+from chattune.kernels.attention import decode_attention_forward
+from chattune.kernels.prepack import PackedLinear, packed_count, prepack_linears
 from chattune.serving.engine import Engine, SamplingParams
 from chattune.serving.loader import load_model, load_tokenizer, resolve_checkpoint
-from chattune.serving.prepack import PackedLinear, packed_count, prepack_linears
-from chattune.train.attention import decode_attention_forward
 
 DTYPES = [torch.float32] + ([torch.bfloat16] if cpu_bf16_supported() else [])
 CPU = torch.device("cpu")
@@ -141,7 +141,7 @@ def _engine_tokens(model_dir: Path, **kw) -> list[list[int]]:
 
 
 def test_the_fast_paths_decode_the_same_tokens(chatty_llama_dir, monkeypatch) -> None:
-    from chattune.train import attention
+    from chattune.kernels import attention
 
     calls: list[int] = []
 
@@ -200,7 +200,7 @@ def _tokens(engine: Engine, prompts: list[list[int]]) -> list[list[int]]:
 def test_the_engine_keeps_rows_longest_first_and_attends_in_runs(
     chatty_llama_dir, monkeypatch
 ) -> None:
-    from chattune.train import attention
+    from chattune.kernels import attention
 
     seen: list[tuple] = []
 
@@ -233,7 +233,7 @@ def test_the_engine_keeps_rows_longest_first_and_attends_in_runs(
 
 
 def test_the_decode_attention_stays_off_where_it_was_not_measured(chatty_llama_dir) -> None:
-    from chattune.train.attention import SERVING_ATTENTIONS
+    from chattune.kernels.attention import SERVING_ATTENTIONS
 
     ckpt = resolve_checkpoint(chatty_llama_dir)
     model, _ = load_model(ckpt, device=CPU, dtype=torch.float32, prepack=False)
@@ -254,7 +254,7 @@ def test_the_decode_attention_stays_off_where_it_was_not_measured(chatty_llama_d
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_packed_prefill_reads_gqa_heads_in_place_with_the_same_result(dtype) -> None:
-    from chattune.train import attention
+    from chattune.kernels import attention
 
     torch.manual_seed(0)
     lens = [5, 17, 1, 30]
