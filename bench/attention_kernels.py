@@ -24,7 +24,7 @@ error against an fp32 reference:
     .venv/bin/python bench/attention_kernels.py              # ~1 min
 
 Every kernel here is one chattune takes in CPU bf16 only. On a CPU without bf16 instructions
-(`compute.machine.cpu_bf16_supported`) bf16 is emulated, 100x slower, and chattune serves and
+(`host.machine.cpu_bf16_supported`) bf16 is emulated, 100x slower, and chattune serves and
 trains in fp32 with SDPA's kernels: the script then measures nothing and says so (`--force`
 measures anyway).
 """
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from chattune.compute.machine import cpu_bf16_supported
+    from chattune.host.machine import cpu_bf16_supported
 
     if not (cpu_bf16_supported() or a.force):
         print(

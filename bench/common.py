@@ -67,7 +67,7 @@ def machine_record() -> dict[str, Any]:
     """CPU model, cores, memory, bf16 support and torch threads of this machine."""
     import torch
 
-    from chattune.compute.machine import cpu_bf16_supported, local_machine
+    from chattune.host.machine import cpu_bf16_supported, local_machine
 
     m = local_machine()
     rec = {k: v for k, v in vars(m).items() if isinstance(v, str | int | float | bool)}

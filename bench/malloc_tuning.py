@@ -1,4 +1,4 @@
-"""glibc malloc tuning (`chattune.compute.malloc.tune_malloc`) on and off, training and serving.
+"""glibc malloc tuning (`chattune.host.malloc.tune_malloc`) on and off, training and serving.
 
 Each measurement runs in its own process, with `CHATTUNE_MALLOC` set to `tuned` or
 `default`. malloc settings are per process, so this is the only clean way to switch them.
@@ -131,7 +131,7 @@ def child_serve(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def child_main(kind: str, spec_path: Path, out: Path) -> int:
-    from chattune.compute.malloc import tune_malloc
+    from chattune.host.malloc import tune_malloc
 
     state = tune_malloc()  # follows CHATTUNE_MALLOC, set by the parent
     spec = json.loads(spec_path.read_text())
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from t1_training import _prepare
 
-    from chattune.compute.malloc import MALLOC_ENV
+    from chattune.host.malloc import MALLOC_ENV
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     work = a.work_dir / f"malloc-{stamp}"

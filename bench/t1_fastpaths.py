@@ -17,7 +17,7 @@ machine state; variants alternate step by step and the median step counts:
   chattune_bf16_sdpa  the same with CHATTUNE_ATTENTION_KERNEL=sdpa: SDPA's flash kernel per
                     conversation (the blocked kernel off)
 
-The process tunes glibc's malloc first, as the finetune step does (compute/malloc.py).
+The process tunes glibc's malloc first, as the finetune step does (host/malloc.py).
 
 Scaling: the same `--tokens` per batch cut into sequences of 128 .. 2048 tokens (from the
 tokenized chitchat stream, assistant labels kept), for `baseline` and `chattune`: how the
@@ -284,8 +284,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from chattune.compute.machine import cpu_bf16_supported
-    from chattune.compute.malloc import tune_malloc
+    from chattune.host.machine import cpu_bf16_supported
+    from chattune.host.malloc import tune_malloc
 
     tune_malloc()  # as the finetune step does
 

@@ -102,7 +102,7 @@ def _held_out_loss(model: Any, rows: list[dict[str, list[int]]]) -> float:
 
 
 def _run_chattune(spec: dict[str, Any], work: Path) -> dict[str, Any]:
-    from chattune.compute.machine import cpu_bf16_supported
+    from chattune.host.machine import cpu_bf16_supported
     from chattune.train.finetune import FinetuneConfig, run_finetune
     from chattune.train.params import FinetuneParams
 
@@ -142,7 +142,7 @@ def _run_trl(spec: dict[str, Any], work: Path, best: bool) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from chattune.compute.machine import cpu_bf16_supported
+    from chattune.host.machine import cpu_bf16_supported
 
     rows = [json.loads(line) for line in Path(spec["train_file"]).read_text().splitlines()]
     # only the conversation: TRL's conversational format is a `messages` column
@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         prep, a.steps, a.batch_size, a.max_seq_length
     )
     fp32_gflops = matmul_gflops("float32")
-    from chattune.compute.machine import cpu_bf16_supported
+    from chattune.host.machine import cpu_bf16_supported
 
     hw_bf16 = cpu_bf16_supported()  # emulated bf16 is ~100x slower: a small probe is enough
     bf16_gflops = matmul_gflops("bfloat16", **({} if hw_bf16 else {"n": 256, "seconds": 0.5}))

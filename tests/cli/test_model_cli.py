@@ -53,7 +53,7 @@ def test_model_show_tags_and_allow_lists(workspace, capsys) -> None:
     )
     smol = ast.literal_eval(json.loads(out)["tags"]["finetune_compute_allow_list"])
     assert "local" in smol
-    from chattune.compute.machine import local_machine
+    from chattune.host.machine import local_machine
 
     if local_machine().ram_total_bytes < 40 * 2**30 and not local_machine().gpus:
         assert "local" not in phi

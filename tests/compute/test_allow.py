@@ -10,8 +10,8 @@ from chattune.compute.allow import (
     inference_estimate,
 )
 from chattune.compute.estimate import GIB
-from chattune.compute.machine import local_machine
 from chattune.compute.store import AZURE_GPU_SIZES, create_compute, known_sizes
+from chattune.host.machine import local_machine
 from chattune.models.card import builtin_cards
 
 CARDS = builtin_cards()

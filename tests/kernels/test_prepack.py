@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from chattune.compute.machine import cpu_bf16_supported
+from chattune.host.machine import cpu_bf16_supported
 from chattune.kernels import prepack
 from chattune.kernels.attention import decode_attention_forward
 from chattune.kernels.prepack import PackedLinear, packed_count, prepack_linears

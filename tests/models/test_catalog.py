@@ -8,10 +8,11 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from chattune.compute.allow import with_tags
 from chattune.errors import InvalidParameter, ModelNotFound
 from chattune.models.arch import ArchSpec
 from chattune.models.card import builtin_cards
-from chattune.models.store import add_version, get_model, list_models, model_dir, with_tags
+from chattune.models.store import add_version, get_model, list_models, model_dir
 
 REQUIRED = [
     "Phi-3-mini-4k-instruct",

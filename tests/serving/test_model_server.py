@@ -371,7 +371,7 @@ def test_dtype_auto_follows_the_hardware_and_the_env_sets_bf16(
     """auto is bf16 exactly where the CPU runs bf16 in hardware; $CHATTUNE_SERVING_DTYPE
     (inherited from the supervisor) sets the default, and a bf16 server answers (emulated
     where it must be). The module's server shows that --dtype float32 is taken."""
-    from chattune.compute.machine import cpu_bf16_supported
+    from chattune.host.machine import cpu_bf16_supported
 
     monkeypatch.delenv("CHATTUNE_SERVING_DTYPE", raising=False)
     auto = model_server_factory(chatty_llama_dir, "--torch-threads", "1")

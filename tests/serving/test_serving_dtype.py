@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from chattune.compute import machine
 from chattune.errors import InvalidParameter
+from chattune.host import machine
 from chattune.serving.loader import SERVING_DTYPES, serving_dtype
 
 CPU = torch.device("cpu")

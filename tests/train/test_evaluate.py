@@ -165,7 +165,7 @@ def test_adapter_changes_perplexity(
 def test_half_precision_on_cpu_is_bf16_and_close(
     tiny_llama_dir: Path, llama_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from chattune.compute import machine
+    from chattune.host import machine
 
     monkeypatch.setattr(machine, "cpu_bf16_supported", lambda: False)
     assert torch_dtype("16", torch.device("cpu")) == torch.float32  # emulated bf16: too slow

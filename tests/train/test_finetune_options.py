@@ -172,7 +172,7 @@ def test_deepspeed_without_cuda_says_so_and_trains(tmp_path, tiny_llama_dir, dat
 
 @pytest.mark.parametrize("bf16_cpu", [True, False])
 def test_fp16_on_cpu(bf16_cpu, monkeypatch, capsys) -> None:
-    monkeypatch.setattr("chattune.compute.machine.cpu_bf16_supported", lambda: bf16_cpu)
+    monkeypatch.setattr("chattune.host.machine.cpu_bf16_supported", lambda: bf16_cpu)
     params = parse_params({"precision": "16"})
     if bf16_cpu:
         with pytest.warns(UserWarning, match="runs as bf16"):
@@ -188,7 +188,7 @@ def test_fp16_on_cpu(bf16_cpu, monkeypatch, capsys) -> None:
 def test_the_log_says_which_precision_trained(tmp_path, tiny_llama_dir, data_dir, capsys):
     """precision bf16 trains LoRA with bf16 base weights and autocast where the CPU has bf16
     instructions, and in fp32 where it has not; the job log says which."""
-    from chattune.compute.machine import cpu_bf16_supported
+    from chattune.host.machine import cpu_bf16_supported
 
     metrics = train(tmp_path, tiny_llama_dir, data_dir, precision="bf16", max_steps=1)
     assert metrics["global_step"] == 1
@@ -246,7 +246,7 @@ def test_deepspeed_config_is_written_where_cuda_and_deepspeed_exist(
 
 
 def test_the_step_keeps_freed_memory_for_reuse(tmp_path, tiny_llama_dir, data_dir, monkeypatch):
-    from chattune.compute import malloc
+    from chattune.host import malloc
 
     calls: list[bool | None] = []
     monkeypatch.setattr(malloc, "tune_malloc", lambda enable=None: calls.append(enable) or "")

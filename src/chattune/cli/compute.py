@@ -10,9 +10,9 @@ from rich.table import Table
 from chattune.cli.common import JsonOpt, WorkspaceOpt, console, open_workspace, print_json
 from chattune.compute.estimate import gib
 from chattune.compute.fit import FitReport, PhaseFit, fit_report
-from chattune.compute.machine import Machine, local_machine
 from chattune.compute.store import create_compute, delete_compute, get_compute, list_computes
 from chattune.compute.store import list_sizes as store_list_sizes
+from chattune.host.machine import Machine, local_machine
 
 app = typer.Typer(no_args_is_help=True)
 

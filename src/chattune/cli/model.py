@@ -10,9 +10,10 @@ import typer
 from rich.table import Table
 
 from chattune.cli.common import JsonOpt, WorkspaceOpt, console, open_workspace, print_json
+from chattune.compute.allow import with_tags
 from chattune.errors import InvalidParameter, ModelImportError
 from chattune.models.importer import import_model
-from chattune.models.store import ModelVersion, get_model, list_models, with_tags
+from chattune.models.store import ModelVersion, get_model, list_models
 from chattune.registry import delete_model, register_model
 
 app = typer.Typer(no_args_is_help=True)

@@ -19,9 +19,11 @@ already includes the CUDA context).
 from __future__ import annotations
 
 from chattune.compute.estimate import Breakdown, MemoryEstimate, estimate_memory, estimate_serving
-from chattune.compute.machine import Machine, local_machine
 from chattune.compute.store import known_sizes
+from chattune.host.machine import Machine, local_machine
 from chattune.models.card import ModelCard
+from chattune.models.store import ModelVersion
+from chattune.train.params import parse_params
 from chattune.workspace import Workspace
 
 # A long chat conversation. The pipeline's default max_seq_length (-1) is the model's
@@ -32,8 +34,6 @@ RAM_HEADROOM = 0.9
 
 def finetune_estimate(card: ModelCard, machine: Machine) -> MemoryEstimate:
     """The estimate behind the fine-tuning allow list (see the module docstring)."""
-    from chattune.train.params import parse_params  # pydantic only; no torch
-
     p = parse_params({}, card.model_specific_defaults)
     gpus = len(machine.gpus)
     stage = int(p.deepspeed_stage) if (p.apply_deepspeed and gpus) else None
@@ -81,3 +81,19 @@ def allow_lists(
     finetune = finetune_estimate(card, machine).training.total <= limit
     inference = inference_estimate(card, machine).total <= limit
     return (sizes if finetune else [], sizes if inference else [])
+
+
+def with_tags(ws: Workspace, mv: ModelVersion) -> ModelVersion:
+    """`mv` with the Azure-style tags filled in: `model_specific_defaults` and the compute
+    allow lists (as strings `ast.literal_eval` parses; the lists follow the memory estimate
+    on this workspace's computes), plus the version's own tags on top."""
+    finetune, inference = allow_lists(ws, mv.card)
+    tags = {
+        "task": "chat-completion",
+        "license": mv.card.license,
+        "model_specific_defaults": repr(mv.card.model_specific_defaults),
+        "finetune_compute_allow_list": repr(finetune),
+        "inference_compute_allow_list": repr(inference),
+        **mv.tags,
+    }
+    return ModelVersion(**{**mv.__dict__, "tags": tags})

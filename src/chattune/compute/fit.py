@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from chattune.compute.estimate import MemoryEstimate, Phase, estimate_memory
-from chattune.compute.machine import Machine, local_machine
 from chattune.compute.store import Compute, get_compute
 from chattune.errors import ModelNotFound
+from chattune.host.machine import Machine, local_machine
 from chattune.models.arch import ArchSpec
 from chattune.workspace import Workspace
 

@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from chattune.compute.machine import Machine, VmSize, local_machine
 from chattune.errors import ComputeNotFound, InvalidParameter
+from chattune.host.machine import Machine, VmSize, local_machine
 from chattune.workspace import Workspace
 
 LOCAL = "local"

@@ -215,24 +215,6 @@ def delete_version(conn: sqlite3.Connection, name: str, version: str) -> bool:
     return cur.rowcount > 0
 
 
-def with_tags(ws: Workspace, mv: ModelVersion) -> ModelVersion:
-    """`mv` with the Azure-style tags filled in: `model_specific_defaults` and the compute
-    allow lists (as strings `ast.literal_eval` parses; the lists follow the memory estimate
-    on this workspace's computes), plus the version's own tags on top."""
-    from chattune.compute.allow import allow_lists
-
-    finetune, inference = allow_lists(ws, mv.card)
-    tags = {
-        "task": "chat-completion",
-        "license": mv.card.license,
-        "model_specific_defaults": repr(mv.card.model_specific_defaults),
-        "finetune_compute_allow_list": repr(finetune),
-        "inference_compute_allow_list": repr(inference),
-        **mv.tags,
-    }
-    return ModelVersion(**{**mv.__dict__, "tags": tags})
-
-
 def model_dir(ws: Workspace, name_or_path: str | Path) -> Path:
     """The checkpoint folder of a local path, or of the latest imported version of a name.
 

@@ -203,7 +203,7 @@ def serving_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
     """
     import torch
 
-    from chattune.compute.machine import cpu_bf16_supported
+    from chattune.host.machine import cpu_bf16_supported
 
     if requested not in SERVING_DTYPES:
         raise InvalidParameter(

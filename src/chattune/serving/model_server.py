@@ -87,7 +87,7 @@ def load_engine(
     (see `loader.serving_dtype`)."""
     import torch
 
-    from chattune.compute.malloc import malloc_state
+    from chattune.host.malloc import malloc_state
     from chattune.kernels.prepack import packed_count
     from chattune.serving.loader import (
         DEFAULT_ADAPTER,
@@ -434,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"the weights' dtype (default ${DTYPE_ENV}, else auto: bf16 where the "
                     "hardware runs it, else fp16 on GPUs and fp32 on CPUs)")  # fmt: skip
     args = ap.parse_args(argv)
-    from chattune.compute.malloc import tune_malloc
+    from chattune.host.malloc import tune_malloc
     from chattune.kernels.attention import attention_kernel
 
     attention_kernel()  # a bad CHATTUNE_ATTENTION_KERNEL fails at start, not in a prefill

@@ -266,7 +266,7 @@ def torch_dtype(precision: str, device: torch.device) -> torch.dtype:
     if precision == "16" and device.type == "cuda":
         return torch.float16
     if device.type == "cpu":
-        from chattune.compute.machine import cpu_bf16_supported
+        from chattune.host.machine import cpu_bf16_supported
 
         if not cpu_bf16_supported():  # emulated bf16 is ~500x slower than fp32 here
             return torch.float32

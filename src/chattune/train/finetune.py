@@ -85,7 +85,7 @@ def _precision(params: FinetuneParams, cuda: bool) -> tuple[bool, bool]:
     if params.precision == "32":
         return False, False
     if not cuda:
-        from chattune.compute.machine import cpu_bf16_supported
+        from chattune.host.machine import cpu_bf16_supported
 
         if not cpu_bf16_supported():
             _log(
@@ -352,7 +352,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
         set_seed,
     )
 
-    from chattune.compute.malloc import tune_malloc
+    from chattune.host.malloc import tune_malloc
     from chattune.kernels.attention import attention_kernel
 
     attention_kernel()  # a bad CHATTUNE_ATTENTION_KERNEL fails here, not in the first step

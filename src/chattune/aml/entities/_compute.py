@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chattune.aml.entities._base import Printable
-from chattune.compute.machine import VmSize
+from chattune.host.machine import VmSize
 
 __all__ = ["AmlCompute", "VmSize"]
 

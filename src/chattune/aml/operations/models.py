@@ -29,7 +29,8 @@ class ModelOperations:
             ResourceNotFoundError: no such model or version (the message lists what exists).
             ValidationException: both version and label, or an unknown label.
         """
-        from chattune.models.store import get_model, list_models, with_tags
+        from chattune.compute.allow import with_tags
+        from chattune.models.store import get_model, list_models
 
         with azure_errors():
             if self._registry is not None:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from chattune.compute.machine import local_machine, vm_family
+from chattune.host.machine import local_machine, vm_family
 
 
 def test_local_machine_has_sane_values() -> None:

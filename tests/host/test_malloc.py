@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from chattune.compute import malloc
+from chattune.host import malloc
 
 GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
@@ -20,7 +20,7 @@ GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 # first), so the rounds are judged by their median
 _PROBE = """
 import json, resource, torch
-from chattune.compute.malloc import tune_malloc
+from chattune.host.malloc import tune_malloc
 state = tune_malloc()
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
