@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from chattune.errors import HubUnreachable, ModelImportError, ModelNotFound
+from chattune.errors import HubUnreachable, InvalidParameter, ModelImportError, ModelNotFound
 from chattune.models.importer import MANIFEST, import_model, verify_checkpoint
 from chattune.models.store import get_model
 
@@ -144,3 +144,17 @@ def test_import_default_model_from_gguf(workspace) -> None:
     gen = model.generate(**enc, max_new_tokens=12, do_sample=False)
     assert "Paris" in tok.decode(gen[0, enc["input_ids"].shape[1] :])
     assert import_model(workspace, "SmolLM2-135M-Instruct").reused
+
+
+@pytest.mark.parametrize("name", ["../../escape-outside", "..", "a/b", ".hidden", ""])
+def test_import_refuses_a_name_that_is_not_a_folder_name(
+    workspace, tiny_llama_dir: Path, name: str
+) -> None:
+    """The name becomes `<workspace>/models/<name>/<version>`: a name that could lead
+    outside it is refused before anything is written."""
+    with pytest.raises(InvalidParameter, match=r"model name .* is not valid") as err:
+        import_model(workspace, str(tiny_llama_dir), name=name)
+    assert "letters, digits" in err.value.fix
+    outside = workspace.root.parent / "escape-outside"
+    assert not outside.exists()
+    assert not any((workspace.models_dir).glob("**/model.safetensors"))

@@ -9,7 +9,6 @@ work: `list_sizes()` answers with that size's name and this machine's CPUs, memo
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 from chattune.errors import ComputeNotFound, InvalidParameter
 from chattune.host.machine import Machine, VmSize, local_machine
 from chattune.workspace import Workspace
+from chattune.workspace.names import COMPUTE_NAME, VM_SIZE
 
 LOCAL = "local"
 # The GPU sizes Azure allow-lists for chat-completion fine-tuning and inference (the tags of
@@ -34,9 +34,6 @@ AZURE_GPU_SIZES = (
     "Standard_ND96asr_v4",
     "Standard_ND96amsr_A100_v4",
 )
-# Azure ML compute names: a letter, then letters, digits or hyphens; no trailing hyphen.
-_NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{0,30}[a-zA-Z0-9]$")
-_SIZE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -133,17 +130,8 @@ def create_compute(
             "the compute 'local' is built in (it is this machine) and cannot be created.",
             fix="choose another name for the compute.",
         )
-    if not _NAME_RE.match(name):
-        raise InvalidParameter(
-            f"compute name {name!r} is not valid.",
-            fix="use 2-32 letters, digits or hyphens, starting with a letter and not ending "
-            "with a hyphen.",
-        )
-    if not _SIZE_RE.match(size):
-        raise InvalidParameter(
-            f"VM size {size!r} is not valid.",
-            fix="pass a size name such as Standard_NC6s_v3 or local (letters, digits, _ . -).",
-        )
+    COMPUTE_NAME.check(name)
+    VM_SIZE.check(size)
     try:
         spec_json = json.dumps(spec, sort_keys=True)
     except TypeError as exc:

@@ -25,6 +25,7 @@ from chattune.models.card import ModelCard, Source, builtin_cards
 from chattune.models.hub import ensure_hub_reachable
 from chattune.models.store import ModelVersion, add_version, list_models, next_version
 from chattune.workspace import Workspace, file_lock
+from chattune.workspace.names import MODEL_NAME
 
 MANIFEST = "chattune_import.json"
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -244,8 +245,11 @@ def import_model(
         The model version, and whether an earlier identical import was reused.
 
     Raises:
-        ModelNotFound, ModelImportError, HubUnreachable: each naming the fix.
+        ModelNotFound, ModelImportError, HubUnreachable, InvalidParameter: each naming
+            the fix (InvalidParameter: a name that could not be a workspace folder).
     """
+    if name is not None:
+        MODEL_NAME.check(name)  # before any download: the name becomes a folder
     sources, card = resolve_sources(source)
     failures: list[str] = []
     for src in sources:
@@ -272,6 +276,7 @@ def _import_from(
     chat_template: str | None,
     log: Log,
 ) -> ImportResult:
+    MODEL_NAME.check(name)
     with file_lock(ws.lock_path(f"import-{name}")):
         log(f"hashing {src.describe()}")
         src_hash = _source_hash(folder, gguf)

@@ -7,7 +7,6 @@ that name. `latest` is the most recently created version, as in Azure ML.
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -18,13 +17,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from chattune.errors import InvalidParameter, ModelNotFound
 from chattune.models.card import ModelCard, builtin_cards
 from chattune.workspace import Workspace
+from chattune.workspace.names import MODEL_VERSION
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 Kind = Literal["catalog", "imported", "registered"]
 AssetType = Literal["mlflow_model", "custom_model"]
-_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 @dataclass
@@ -144,20 +143,6 @@ def next_version(ws: Workspace, name: str) -> str:
     return str(max(numeric, default=0) + 1)
 
 
-def check_version(version: str) -> None:
-    """Refuse a malformed version string (it names a folder of the workspace).
-
-    Raises:
-        InvalidParameter: naming the characters allowed.
-    """
-    if not _VERSION_RE.match(version):
-        raise InvalidParameter(
-            f"version {version!r} is not valid.",
-            fix="use letters, digits, '.', '_' or '-', starting with a letter or digit "
-            "(at most 64 characters).",
-        )
-
-
 def add_version(
     ws: Workspace,
     *,
@@ -178,7 +163,7 @@ def add_version(
         InvalidParameter: the version string is malformed or already exists.
     """
     if version is not None:
-        check_version(version)
+        MODEL_VERSION.check(version)
     with ws.write() as conn:
         version = version or next_version(ws, name)
         if any(v.version == version for v in list_models(ws, name)):

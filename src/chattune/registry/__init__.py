@@ -2,11 +2,10 @@
 with its lineage (job, base model, data hashes, metrics); delete versions no deployment uses.
 """
 
-from chattune.registry.service import check_name, delete_model, model_lineage, register_model
+from chattune.registry.service import delete_model, model_lineage, register_model
 from chattune.registry.source import job_reference, parse_asset_type
 
 __all__ = [
-    "check_name",
     "delete_model",
     "job_reference",
     "model_lineage",

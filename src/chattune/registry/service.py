@@ -7,7 +7,6 @@ workspace and nothing changes them until the version is deleted.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +14,6 @@ from chattune.errors import InvalidParameter, ModelInUse
 from chattune.models.store import (
     ModelVersion,
     add_version,
-    check_version,
     delete_version,
     get_model,
     list_models,
@@ -24,24 +22,9 @@ from chattune.models.store import (
 from chattune.registry.files import place_tree, remove_tree
 from chattune.registry.source import parse_asset_type, resolve
 from chattune.workspace import Workspace, file_lock
+from chattune.workspace.names import MODEL_NAME, MODEL_VERSION
 
 Log = Callable[[str], None]
-# Azure's rule for asset names; the name is also a folder of the workspace.
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
-
-
-def check_name(name: str) -> None:
-    """Refuse a model name Azure would refuse (it also names a workspace folder).
-
-    Raises:
-        InvalidParameter: naming the characters allowed.
-    """
-    if not _NAME_RE.match(name):
-        raise InvalidParameter(
-            f"model name {name!r} is not valid.",
-            fix="use letters, digits, '.', '_' or '-', starting with a letter or digit "
-            "(at most 255 characters).",
-        )
 
 
 def _names_lock(ws: Workspace, name: str) -> Any:
@@ -87,9 +70,9 @@ def register_model(
         ...                type="mlflow_model", version="1732550400")  # doctest: +SKIP
     """
     asset_type = parse_asset_type(type)
-    check_name(name)
+    MODEL_NAME.check(name)
     if version is not None:
-        check_version(version)
+        MODEL_VERSION.check(version)
     bad_tags = [k for k, v in (tags or {}).items() if not isinstance(v, str) or not k]
     if bad_tags:
         raise InvalidParameter(
