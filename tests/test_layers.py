@@ -30,11 +30,7 @@ def test_no_import_runs_up_the_layers() -> None:
 
 
 def test_every_package_and_module_of_chattune_has_a_layer() -> None:
-    named = {
-        m.strip().strip("()")
-        for layer in _layers()
-        for m in layer.split("|")
-    }
+    named = {m.strip().strip("()") for layer in _layers() for m in layer.split("|")}
     root = Path(chattune.__file__).parent
     children = {
         f"chattune.{p.stem if p.is_file() else p.name}"

@@ -16,6 +16,7 @@ from typing import Any
 from chattune.aml.entities import Input
 from chattune.aml.exceptions import ValidationException
 from chattune.errors import InvalidParameter
+from chattune.train.params import parse_params
 
 COMPONENT_NAME = "chat_completion_pipeline"
 COMPONENT_VERSION = "1"
@@ -135,8 +136,6 @@ class PipelineComponent:
         return f"PipelineComponent(name={self.name!r}, version={self.version!r})"
 
     def __call__(self, **kwargs: Any) -> ComponentNode:
-        from chattune.train.params import parse_params
-
         problems: list[str] = []
         model = next((kwargs.pop(k) for k in MODEL_INPUTS if k in kwargs), None)
         if model is None:

@@ -9,7 +9,9 @@ and fix, and the CLI's handling applies.
 
 from __future__ import annotations
 
+from chattune import errors
 from chattune.errors import ChattuneError
+from chattune.jobs.store import JobNotFound
 
 
 class HttpResponseError(ChattuneError):
@@ -42,7 +44,6 @@ class DeploymentException(HttpResponseError):
 
 def as_azure(exc: ChattuneError) -> ChattuneError:
     """The Azure-shaped exception for a chattune error (the same message and fix)."""
-    from chattune import errors
 
     not_found = (
         errors.ModelNotFound,
@@ -50,7 +51,6 @@ def as_azure(exc: ChattuneError) -> ChattuneError:
         errors.EndpointNotFound,
         errors.DeploymentNotFound,
     )
-    from chattune.jobs.store import JobNotFound
 
     if isinstance(exc, (*not_found, JobNotFound)):
         return ResourceNotFoundError(exc.message, exc.fix)

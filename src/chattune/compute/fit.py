@@ -16,6 +16,7 @@ from chattune.compute.store import Compute, get_compute
 from chattune.errors import ModelNotFound
 from chattune.host.machine import Machine, local_machine
 from chattune.models.arch import ArchSpec
+from chattune.models.store import get_model
 from chattune.workspace import Workspace
 
 
@@ -40,7 +41,6 @@ def resolve_arch(ws: Workspace, name_or_path: str) -> tuple[ArchSpec, list[str]]
             )
         arch = ArchSpec.from_hf_config(json.loads(config.read_text()))
         return arch, sorted(arch.layer_linears())
-    from chattune.models.store import get_model  # the workspace's names, catalog included
 
     card = get_model(ws, name_or_path).card
     return card.config, list(card.lora_target_modules)

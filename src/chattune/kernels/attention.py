@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from itertools import pairwise
 from typing import Any
 
+from chattune.errors import InvalidParameter
 from chattune.kernels.blocked_attention import blocked_causal_attention, use_blocked
 
 PACKED_ATTENTION = "chattune_packed"
@@ -54,8 +55,6 @@ def attention_kernel() -> str:
     raises `InvalidParameter` (the finetune step and the model server check it at start)."""
     value = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
     if value not in KERNELS:
-        from chattune.errors import InvalidParameter
-
         raise InvalidParameter(
             f"{KERNEL_ENV}={os.environ[KERNEL_ENV]!r} is not an attention kernel.",
             fix=f"set it to one of {', '.join(KERNELS)}, or unset it (auto).",

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from chattune.errors import InvalidParameter, ModelNotFound
+from chattune.jobs.store import get_job
 from chattune.models.arch import ArchSpec
 from chattune.models.card import ModelCard, Source
+from chattune.models.importer import sha256_file
 from chattune.models.store import AssetType, get_model
 from chattune.workspace import Workspace
 
@@ -169,8 +171,6 @@ def _card_of_folder(folder: Path, asset_type: AssetType) -> ModelCard:
 
 
 def _from_job(ws: Workspace, job_name: str, output: str, asset_type: AssetType) -> ResolvedSource:
-    from chattune.jobs.store import get_job
-
     job = get_job(ws, job_name)  # JobNotFound lists recent jobs
     if job.status != "Completed":
         raise InvalidParameter(
@@ -270,7 +270,6 @@ def _job_lineage(
 
 def _hash_now(path: Path) -> dict[str, Any]:
     """A job from before hashes were recorded: hash the file as it is now, and say so."""
-    from chattune.models.importer import sha256_file
 
     try:
         return {"sha256": sha256_file(path), "hashed": "at registration, not by the job"}

@@ -37,14 +37,12 @@ class NameRule:
 MODEL_NAME = NameRule(
     "model name",
     r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}",
-    "letters, digits, '.', '_' or '-', starting with a letter or digit (at most 255 "
-    "characters)",
+    "letters, digits, '.', '_' or '-', starting with a letter or digit (at most 255 characters)",
 )
 MODEL_VERSION = NameRule(
     "version",
     r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}",
-    "letters, digits, '.', '_' or '-', starting with a letter or digit (at most 64 "
-    "characters)",
+    "letters, digits, '.', '_' or '-', starting with a letter or digit (at most 64 characters)",
 )
 COMPUTE_NAME = NameRule(
     "compute name",

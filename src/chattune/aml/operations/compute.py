@@ -7,6 +7,13 @@ from typing import Any
 from chattune.aml._poller import LROPoller
 from chattune.aml.entities import AmlCompute, VmSize
 from chattune.aml.operations._errors import azure_errors
+from chattune.compute.store import (
+    create_compute,
+    delete_compute,
+    get_compute,
+    list_computes,
+    list_sizes,
+)
 from chattune.workspace import Workspace
 
 
@@ -22,26 +29,20 @@ class ComputeOperations:
         Raises:
             ResourceNotFoundError: no such compute (the seed then creates it).
         """
-        from chattune.compute.store import get_compute
 
         with azure_errors():
             return AmlCompute._from_store(get_compute(self._ws, name))
 
     def list(self, **_kwargs: Any) -> list[AmlCompute]:
-        from chattune.compute.store import list_computes
-
         return [AmlCompute._from_store(c) for c in list_computes(self._ws)]
 
     def list_sizes(self, location: str | None = None, **_kwargs: Any) -> list[VmSize]:
         """The sizes of this workspace's computes, each with this machine's numbers
         (`.name`, `.gpus`, `.v_cp_us`, `.memory_gb`)."""
-        from chattune.compute.store import list_sizes
 
         return list_sizes(self._ws)
 
     def _create(self, compute: AmlCompute) -> AmlCompute:
-        from chattune.compute.store import create_compute
-
         with azure_errors():
             created = create_compute(
                 self._ws, compute.name, compute.size, replace=True, **compute._spec()
@@ -52,8 +53,6 @@ class ComputeOperations:
         return LROPoller(lambda: self._create(compute), "compute-create")
 
     def begin_delete(self, name: str, **_kwargs: Any) -> LROPoller[None]:
-        from chattune.compute.store import delete_compute
-
         def work() -> None:
             with azure_errors():
                 delete_compute(self._ws, name)

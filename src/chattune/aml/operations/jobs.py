@@ -11,6 +11,10 @@ from chattune.aml.entities import PipelineJob, PipelineJobSettings
 from chattune.aml.entities._job import job_output
 from chattune.aml.exceptions import JobException, ValidationException
 from chattune.aml.operations._errors import azure_errors
+from chattune.compute.store import get_compute
+from chattune.jobs.service import cancel_job, submit_job
+from chattune.jobs.store import get_job, list_jobs
+from chattune.jobs.stream import stream_job, summary_lines
 from chattune.workspace import Workspace
 
 OUTPUT_TYPES = {"mlflow_model_folder": "mlflow_model", "pytorch_model_folder": "custom_model"}
@@ -56,8 +60,6 @@ class JobOperations:
             ValidationException: a problem with the model, files, computes or parameters
                 (all reported at once).
         """
-        from chattune.compute.store import get_compute
-        from chattune.jobs.service import submit_job
 
         node = job._node
         if node is None:
@@ -92,14 +94,11 @@ class JobOperations:
         Raises:
             ResourceNotFoundError: no such job.
         """
-        from chattune.jobs.store import get_job
 
         with azure_errors():
             return _from_record(get_job(self._ws, name))
 
     def list(self, **_kwargs: Any) -> list[PipelineJob]:
-        from chattune.jobs.store import list_jobs
-
         return [_from_record(j) for j in list_jobs(self._ws)]
 
     def stream(self, name: str) -> None:
@@ -109,7 +108,6 @@ class JobOperations:
         Raises:
             JobException: the job failed or was cancelled.
         """
-        from chattune.jobs.stream import stream_job, summary_lines
 
         with azure_errors():
             try:
@@ -125,8 +123,6 @@ class JobOperations:
             )
 
     def begin_cancel(self, name: str, **_kwargs: Any) -> LROPoller[None]:
-        from chattune.jobs.service import cancel_job
-
         def work() -> None:
             with azure_errors():
                 cancel_job(self._ws, name)

@@ -7,6 +7,9 @@ from typing import Any
 from chattune.aml.entities import Model
 from chattune.aml.exceptions import ResourceNotFoundError
 from chattune.aml.operations._errors import azure_errors
+from chattune.compute.allow import with_tags
+from chattune.models.store import get_model, list_models
+from chattune.registry import delete_model, register_model
 from chattune.workspace import Workspace
 
 # What a registry client sees: the catalog and the models imported into this workspace (the
@@ -29,8 +32,6 @@ class ModelOperations:
             ResourceNotFoundError: no such model or version (the message lists what exists).
             ValidationException: both version and label, or an unknown label.
         """
-        from chattune.compute.allow import with_tags
-        from chattune.models.store import get_model, list_models
 
         with azure_errors():
             if self._registry is not None:
@@ -56,7 +57,6 @@ class ModelOperations:
 
     def list(self, name: str | None = None, **_kwargs: Any) -> list[Model]:
         """Every model version (of `name`), oldest first."""
-        from chattune.models.store import list_models
 
         versions = list_models(self._ws, name)
         if self._registry is not None:
@@ -70,7 +70,6 @@ class ModelOperations:
             ResourceNotFoundError: the job or output does not exist.
             ValidationException: a bad type, version or path.
         """
-        from chattune.registry import register_model
 
         if self._registry is not None:
             raise ValueError(
@@ -91,8 +90,6 @@ class ModelOperations:
 
     def delete(self, name: str, version: str | None = None, label: str | None = None) -> None:
         """Delete a registered version; refused while a deployment serves it."""
-        from chattune.models.store import get_model
-        from chattune.registry import delete_model
 
         with azure_errors():
             mv = get_model(self._ws, name, version=version, label=label)
