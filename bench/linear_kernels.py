@@ -25,9 +25,7 @@ Writes bench/results/linears-<UTC stamp>.json and prints a table.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -35,20 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import BenchFailed, default_model_dir, matmul_gflops, parser, utc_stamp, write_result
 from torch import nn
-
-BENCH = Path(__file__).resolve().parent
-if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
-
-from common import (  # noqa: E402
-    BenchFailed,
-    default_model_dir,
-    machine_record,
-    matmul_gflops,
-    versions,
-    write_json,
-)
 
 
 def model_shapes(model_dir: Path) -> list[tuple[int, int]]:
@@ -105,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     from chattune.serving.loader import serving_dtype
     from chattune.kernels.prepack import packed_count, prepack_linears
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__, "model_dir", "results_dir")
     ap.add_argument("--rows", default="1,4,16,32", help="rows per call (decode batch sizes)")
     ap.add_argument(
         "--dtype",
@@ -114,8 +100,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--repeats", type=int, default=5, help="passes per variant; the best counts")
     ap.add_argument("--inductor", action="store_true", help="also inductor's C++ GEMM template")
-    ap.add_argument("--model-dir", type=Path, help="the model whose shapes to use")
-    ap.add_argument("--results-dir", type=Path, default=BENCH / "results")
     a = ap.parse_args(argv)
     rows = [int(r) for r in a.rows.split(",")]
     dtype = getattr(torch, a.dtype) if a.dtype else serving_dtype(torch.device("cpu"))
@@ -181,15 +165,14 @@ def main(argv: list[str] | None = None) -> int:
                     f"{name:9s} {m:4d} {s * 1e3:7.1f} {rec['gb_s']:6.1f} {rec['gflop_s']:8.1f} "
                     f"{rec['of_sum_of_bounds']:15.2f} {rec['of_larger_bound']:14.2f}"
                 )
-    out = a.results_dir / f"linears-{started:%Y%m%dT%H%M%SZ}.json"
-    write_json(
-        out,
+    out = write_result(
+        a.results_dir,
+        "linears",
+        utc_stamp(started),
         {
             "benchmark": "decode-step linears vs memory and compute bounds",
             "started": started.isoformat(),
             "finished": datetime.now(UTC).isoformat(),
-            "machine": machine_record(),
-            "versions": versions(),
             "model_dir": str(model_dir),
             "dtype": str(dtype),
             "linears": len(shapes),

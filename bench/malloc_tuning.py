@@ -32,29 +32,26 @@ import resource
 import statistics
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
-
-from common import (  # noqa: E402
+from common import (
+    BENCH,
+    PROFILES_DIR,
     BenchFailed,
     default_model_dir,
-    machine_record,
     median,
+    parser,
     peak_rss_mb,
     run_child,
-    versions,
-    write_json,
+    utc_stamp,
+    write_result,
 )
 
 SETTINGS = ("tuned", "default")
 KINDS = ("train", "serve")
 CHILD_TIMEOUT_S = 900
-PROFILE = BENCH / "profiles" / "train_step_chattune_bf16_malloc.txt"
+PROFILE = PROFILES_DIR / "train_step_chattune_bf16_malloc.txt"
 
 
 def _faults() -> int:
@@ -142,8 +139,7 @@ def child_main(kind: str, spec_path: Path, out: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeats", type=int, default=3)
+    ap = parser(__doc__, "repeats", "model_dir", "data_dir", "work_dir", "results_dir")
     ap.add_argument("--steps", type=int, default=3, help="train: timed steps per process")
     ap.add_argument("--tokens", type=int, default=2048, help="train: tokens per packed batch")
     ap.add_argument("--requests", type=int, default=16)
@@ -152,10 +148,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--no-profile", action="store_true", help=f"do not write {PROFILE.relative_to(BENCH)}"
     )
-    ap.add_argument("--model-dir", type=Path)
-    ap.add_argument("--data-dir", type=Path, default=BENCH.parent / ".demo" / "chitchat_dataset")
-    ap.add_argument("--work-dir", type=Path, default=Path("/tmp/chattune-bench"))
-    ap.add_argument("--results-dir", type=Path, default=BENCH / "results")
     ap.add_argument("--child", choices=KINDS, help=argparse.SUPPRESS)
     ap.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -167,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from chattune.host.malloc import MALLOC_ENV
 
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    stamp = utc_stamp()
     work = a.work_dir / f"malloc-{stamp}"
     work.mkdir(parents=True, exist_ok=True)
     model_dir = (a.model_dir or default_model_dir()).resolve()
@@ -240,14 +232,13 @@ def main(argv: list[str] | None = None) -> int:
                 r.pop("token_ids")
     for kind, s in summary.items():
         print(f"{kind}: {json.dumps(s)}")
-    path = a.results_dir / f"malloc-{stamp}.json"
-    write_json(
-        path,
+    path = write_result(
+        a.results_dir,
+        "malloc",
+        stamp,
         {
             "benchmark": "malloc_tuning",
             "when": stamp,
-            "machine": machine_record(),
-            "versions": versions(),
             "settings": {k: str(v) for k, v in vars(a).items()},
             "summary": summary,
             "runs": runs,

@@ -29,7 +29,6 @@ bench/profiles/decode_engine_<dtype>.txt (bf16 or fp32: the serving dtype of thi
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -38,11 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
-
-from common import common_prefix, default_model_dir, greedy_tie  # noqa: E402
+from common import PROFILES_DIR, common_prefix, default_model_dir, greedy_tie, parser
 
 
 def prompts(data_dir: Path, n: int) -> list[list[dict[str, str]]]:
@@ -109,12 +104,9 @@ def floor_line(events: Any, steps: int, wall_s: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__, "repeats", "model_dir", "data_dir")
     ap.add_argument("--requests", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--model-dir", type=Path)
-    ap.add_argument("--data-dir", type=Path, default=BENCH.parent / ".demo" / "chitchat_dataset")
     ap.add_argument(
         "--out", type=Path, help="default bench/profiles/decode_engine_<serving dtype>.txt"
     )
@@ -247,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{1000 * plain_s:.0f} ms off (median of 16)\n" + floor_line(events, steps, plain_s)
     )
     name = {torch.bfloat16: "bf16", torch.float32: "fp32"}.get(dtype, str(dtype))
-    a.out = a.out or BENCH / "profiles" / f"decode_engine_{name}.txt"
+    a.out = a.out or PROFILES_DIR / f"decode_engine_{name}.txt"
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(head + table + "\n")
     print(head + table)

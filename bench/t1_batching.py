@@ -16,17 +16,11 @@ computed tokens is the ratio of epoch time at the same tokens/s. Deterministic; 
 
 from __future__ import annotations
 
-import argparse
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
-
-from common import default_model_dir, machine_record, versions, write_json  # noqa: E402
+from common import default_model_dir, parser, utc_stamp, write_result
 
 
 def padded(lengths: list[int], batch: int) -> dict[str, Any]:
@@ -52,20 +46,17 @@ def best_fit(lengths: list[int], budget: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__, "model_dir", "work_dir", "results_dir")
     ap.add_argument("--data", type=Path, required=True, help="a conversations .jsonl")
-    ap.add_argument("--model-dir", type=Path)
     ap.add_argument("--max-seq-length", type=int, default=512)
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--results-dir", type=Path, default=BENCH / "results")
-    ap.add_argument("--work-dir", type=Path, default=Path("/tmp/chattune-bench"))
     a = ap.parse_args(argv)
 
     import pyarrow.parquet as pq
 
     from chattune.train.preprocess import PreprocessConfig, run_preprocess
 
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    stamp = utc_stamp()
     model_dir = (a.model_dir or default_model_dir()).resolve()
     cfg = PreprocessConfig(
         train_file=a.data,
@@ -98,14 +89,12 @@ def main(argv: list[str] | None = None) -> int:
             f"(padding {100 * r['padding_share']:4.1f}%)  budget filled "
             f"{100 * r['fill']:5.1f}%  epoch time x{r['epoch_time_vs_padded_file_order']:.2f}"
         )
-    a.results_dir.mkdir(parents=True, exist_ok=True)
-    out = a.results_dir / f"t1b-{stamp}.json"
-    write_json(
-        out,
+    out = write_result(
+        a.results_dir,
+        "t1b",
+        stamp,
         {
             "benchmark": "T1 length-aware batching",
-            "machine": machine_record(),
-            "versions": versions(),
             "settings": {
                 "data": str(a.data),
                 "model_dir": str(model_dir),

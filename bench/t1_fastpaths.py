@@ -39,27 +39,22 @@ bench-full` run all of them.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
-
-from common import (  # noqa: E402
+from common import (
+    PROFILES_DIR,
     default_model_dir,
-    machine_record,
     matmul_gflops,
+    parser,
     peak_rss_mb,
-    versions,
-    write_json,
+    utc_stamp,
+    write_result,
 )
-from t1_training import LORA_TARGETS, _prepare  # noqa: E402
+from t1_training import LORA_TARGETS, _prepare
 
 IGNORE = -100
 BF16_VARIANTS = ("chattune_bf16", "chattune_bf16_sdpa")
@@ -262,11 +257,9 @@ def plot(scaling: dict[str, dict[int, float]], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__, "model_dir", "data_dir", "work_dir", "results_dir")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per variant (median)")
     ap.add_argument("--tokens", type=int, default=2048, help="tokens per packed batch")
-    ap.add_argument("--model-dir", type=Path)
-    ap.add_argument("--data-dir", type=Path, default=BENCH.parent / ".demo" / "chitchat_dataset")
     ap.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
     ap.add_argument("--no-scaling", action="store_true")
     ap.add_argument(
@@ -278,8 +271,6 @@ def main(argv: list[str] | None = None) -> int:
         "--no-baseline-profile", action="store_true", help="profile only chattune's steps"
     )
     ap.add_argument("--compile", action="store_true", help="measure torch.compile too")
-    ap.add_argument("--results-dir", type=Path, default=BENCH / "results")
-    ap.add_argument("--work-dir", type=Path, default=Path("/tmp/chattune-bench"))
     a = ap.parse_args(argv)
 
     import torch
@@ -290,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     tune_malloc()  # as the finetune step does
 
     model_dir = (a.model_dir or default_model_dir()).resolve()
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    stamp = utc_stamp()
     prep, _ = _prepare(model_dir, a.data_dir.resolve(), 512, a.work_dir / f"t1f-{stamp}")
     data = rows(prep)
     model = load_lora(model_dir)
@@ -325,11 +316,10 @@ def main(argv: list[str] | None = None) -> int:
             f"x{r['speedup_vs_baseline']:.2f}",
             flush=True,
         )
-    profiles = BENCH / "profiles"
-    profile_step(model, opt, batches["chattune"][0], True, profiles / "train_step_chattune.txt")
+    profile_step(model, opt, batches["chattune"][0], True, PROFILES_DIR / "train_step_chattune.txt")
     if not a.no_baseline_profile:
         profile_step(
-            model, opt, batches["baseline"][0], False, profiles / "train_step_baseline.txt"
+            model, opt, batches["baseline"][0], False, PROFILES_DIR / "train_step_baseline.txt"
         )
 
     precision = None
@@ -345,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  bf16, blocked attention against SDPA's flash: x{flash / bf16_s:.2f}")
         profile_step(
             bf, bf_opt, batches["chattune"][0], True,
-            profiles / "train_step_chattune_bf16.txt", bf16=True,
+            PROFILES_DIR / "train_step_chattune_bf16.txt", bf16=True,
         )  # fmt: skip
         del bf, bf_opt
 
@@ -383,13 +373,12 @@ def main(argv: list[str] | None = None) -> int:
     png = a.results_dir / f"t1-scaling-{stamp}.png"  # one per run, as T2's sweep
     if scaling["chattune"]:
         plot(scaling, png)
-    out = a.results_dir / f"t1f-{stamp}.json"
-    write_json(
-        out,
+    out = write_result(
+        a.results_dir,
+        "t1f",
+        stamp,
         {
             "benchmark": "T1 fast paths and scaling",
-            "machine": machine_record(),
-            "versions": versions(),
             "settings": {
                 "steps": a.steps,
                 "tokens": a.tokens,

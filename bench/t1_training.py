@@ -35,29 +35,24 @@ import argparse
 import json
 import math
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
-
-from common import (  # noqa: E402  (bench/ is a folder of scripts, not a package)
+from common import (
     MODEL_NAME,
     BenchFailed,
     TrainProbe,
     default_model_dir,
-    machine_record,
     matmul_gflops,
     median,
+    parser,
     peak_rss_mb,
     run_child,
-    versions,
+    utc_stamp,
     write_json,
+    write_result,
 )
 
 CONTENDERS = ("chattune", "trl_default", "trl_best")
@@ -314,11 +309,8 @@ def _table(summary: dict[str, dict[str, float]], bound_tok_s: float, dtype: str)
 
 def main(argv: list[str] | None = None) -> int:
     """Run the T1 benchmark; write bench/results/t1-<timestamp>.json; print the table."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__, "repeats", "model_dir", "data_dir", "work_dir", "results_dir")
     ap.add_argument("--steps", type=int, default=8, help="optimizer steps per contender (>= 2)")
-    ap.add_argument("--repeats", type=int, default=3, help="repeats; medians are reported")
-    ap.add_argument("--model-dir", type=Path, help=f"{MODEL_NAME} folder (default: demo's)")
-    ap.add_argument("--data-dir", type=Path, default=ROOT / ".demo" / "chitchat_dataset")
     ap.add_argument("--batch-size", type=int, default=4, help="sequences per optimizer step")
     ap.add_argument("--max-seq-length", type=int, default=512)
     ap.add_argument("--learning-rate", type=float, default=2e-4)
@@ -327,8 +319,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-rows", type=int, default=8, help="held-out rows of test_sft")
     ap.add_argument("--eval-tokens", type=int, help="supervised-token budget for the eval loss")
     ap.add_argument("--contenders", default=",".join(CONTENDERS))
-    ap.add_argument("--results-dir", type=Path, default=BENCH / "results")
-    ap.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "chattune-bench")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -343,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model_dir = (a.model_dir or default_model_dir()).resolve()
     started = datetime.now(UTC)
-    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    stamp = utc_stamp(started)
     work = a.work_dir.resolve() / f"t1-{stamp}"
     print(f"model {model_dir}\ndata {a.data_dir}\nwork {work}", flush=True)
     prep, prep_metrics = _prepare(model_dir, a.data_dir.resolve(), a.max_seq_length, work)
@@ -441,8 +431,6 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "T1 training",
         "started": started.isoformat(),
         "finished": datetime.now(UTC).isoformat(),
-        "machine": machine_record(),
-        "versions": versions(),
         "settings": settings,
         "preprocess": prep_metrics,
         "fp32_matmul_gflops": fp32_gflops,
@@ -454,8 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "problems": problems,
     }
-    out = a.results_dir / f"t1-{stamp}.json"
-    write_json(out, result)
+    out = write_result(a.results_dir, "t1", stamp, result)
     print(_table(summary, bound_tok_s, peak_dtype))
     print(f"results: {out}")
     if problems:

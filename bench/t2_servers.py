@@ -36,7 +36,6 @@ from typing import Any
 import httpx
 from common import BenchFailed, run_child
 
-BENCH = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 15.0

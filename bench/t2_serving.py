@@ -31,30 +31,24 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
-
-from common import (  # noqa: E402
+from common import (
     MODEL_NAME,
     BenchFailed,
     check_host,
     default_model_dir,
     greedy_tie,
-    machine_record,
-    versions,
-    write_json,
+    parser,
+    utc_stamp,
+    write_result,
 )
-from t2_load import build_requests, record_dicts, run_load, summarize  # noqa: E402
-from t2_report import agreement, plot_sweep, summarize_runs, table, targets  # noqa: E402
-from t2_servers import (  # noqa: E402
+from t2_load import build_requests, record_dicts, run_load, summarize
+from t2_report import agreement, plot_sweep, summarize_runs, table, targets
+from t2_servers import (
     bench_dtype,
     chattune_deployment,
     chattune_home,
@@ -250,7 +244,7 @@ def _settings(a: argparse.Namespace, model_dir: Path, names: list[str]) -> dict[
 
 def main(argv: list[str] | None = None) -> int:
     """Run T2 (or the chattune concurrency sweep); write bench/results/t2-*.json; print a table."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__, "repeats", "model_dir", "data_dir", "work_dir", "results_dir")
     ap.add_argument(
         "--requests",
         type=int,
@@ -258,7 +252,6 @@ def main(argv: list[str] | None = None) -> int:
         f"(default: {DEFAULT_REQUESTS}, mlflow {MLFLOW_DEFAULT_REQUESTS})",
     )
     ap.add_argument("--concurrency", type=_ints, help="default 1,4,16 (sweep: 1,2,4,8,16,32)")
-    ap.add_argument("--repeats", type=int, default=3, help="repeats; medians are reported")
     ap.add_argument("--max-tokens", type=int, default=64, help="new tokens per answer (at most)")
     ap.add_argument(
         "--agree-tokens",
@@ -274,10 +267,6 @@ def main(argv: list[str] | None = None) -> int:
         help="transformers serve --cb-max-memory-percent (default: its own; on CPU it sizes "
         "the paged KV cache from free RAM)",
     )
-    ap.add_argument("--model-dir", type=Path, help=f"{MODEL_NAME} folder (default: demo's)")
-    ap.add_argument("--data-dir", type=Path, default=ROOT / ".demo" / "chitchat_dataset")
-    ap.add_argument("--results-dir", type=Path, default=BENCH / "results")
-    ap.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "chattune-bench")
     a = ap.parse_args(argv)
     a.concurrency = a.concurrency or ([1, 2, 4, 8, 16, 32] if a.sweep else [1, 4, 16])
     names = [
@@ -295,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model_dir = (a.model_dir or default_model_dir()).resolve()
     started = datetime.now(UTC)
-    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    stamp = utc_stamp(started)
     kind = "t2-sweep" if a.sweep else "t2"
     work = a.work_dir.resolve() / f"{kind}-{stamp}"
     work.mkdir(parents=True, exist_ok=True)
@@ -329,8 +318,6 @@ def main(argv: list[str] | None = None) -> int:
         "finished": datetime.now(UTC).isoformat(),
         **host,
         "load_average_end": os.getloadavg(),
-        "machine": machine_record(),
-        "versions": versions(EXTRA_VERSIONS),
         "settings": _settings(a, model_dir, names),
         "prompt_tokens": h.prompt_tokens(),
         "mlflow_save_s": h.prepared.get("mlflow_save_s"),
@@ -340,8 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "problems": problems,
     }
-    out = a.results_dir / f"{kind}-{stamp}.json"
-    write_json(out, result)
+    out = write_result(a.results_dir, kind, stamp, result, EXTRA_VERSIONS)
     print(table(summary, names, a.concurrency))
     print(f"probe answers: {agree['summary']}")
     if a.sweep and runs:

@@ -50,29 +50,24 @@ import random
 import resource
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
-
-from common import (  # noqa: E402  (bench/ is a folder of scripts, not a package)
+from common import (
     MODEL_NAME,
     BenchFailed,
     check_host,
     default_model_dir,
-    machine_record,
     median,
+    parser,
     peak_rss_mb,
     run_child,
-    versions,
+    utc_stamp,
     write_json,
+    write_result,
 )
 
 CONTENDERS = ("chattune", "trl")
@@ -535,11 +530,9 @@ def targets(summary: dict[str, dict[str, float]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the T3 benchmark; write bench/results/t3-<timestamp>.json; print the table."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__, "repeats", "model_dir", "work_dir", "results_dir")
     ap.add_argument("--conversations", type=int, default=25_000, help="200000: the issue's size")
-    ap.add_argument("--repeats", type=int, default=3, help="repeats; medians are reported")
     ap.add_argument("--seed", type=int, default=42, help="resampling and packing seed")
-    ap.add_argument("--model-dir", type=Path, help=f"{MODEL_NAME} folder (default: demo's)")
     ap.add_argument("--max-seq-length", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=4, help="chattune bins: batch x max len")
     ap.add_argument(
@@ -555,8 +548,6 @@ def main(argv: list[str] | None = None) -> int:
         "1: in-process)",
     )
     ap.add_argument("--contenders", default=",".join(CONTENDERS))
-    ap.add_argument("--results-dir", type=Path, default=BENCH / "results")
-    ap.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "chattune-bench")
     ap.add_argument("--keep-outputs", action="store_true", help="keep parquet and caches")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
@@ -573,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = (a.model_dir or default_model_dir()).resolve()
     host = check_host("T3")
     started = datetime.now(UTC)
-    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    stamp = utc_stamp(started)
     root = a.work_dir.resolve()
     work = root / f"t3-{stamp}"
     data_file = make_data(a.conversations, a.seed, root / "data")
@@ -646,8 +637,6 @@ def main(argv: list[str] | None = None) -> int:
         "finished": datetime.now(UTC).isoformat(),
         **host,
         "load_average_end": os.getloadavg(),
-        "machine": machine_record(),
-        "versions": versions(),
         "settings": settings,
         "summary": summary,
         "targets": targets(summary),
@@ -655,8 +644,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "problems": problems,
     }
-    out = a.results_dir / f"t3-{stamp}.json"
-    write_json(out, result)
+    out = write_result(a.results_dir, "t3", stamp, result)
     print(result["table"])
     print(f"targets: {json.dumps(result['targets'])}")
     print(f"results: {out}")
