@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
+    from chattune.kernels.attention import KERNEL_ENV
     from chattune.serving.engine import Engine, SamplingParams
     from chattune.serving.loader import (
         load_model,
@@ -122,7 +123,6 @@ def main(argv: list[str] | None = None) -> int:
         resolve_checkpoint,
         serving_dtype,
     )
-    from chattune.kernels.attention import KERNEL_ENV
 
     ckpt = resolve_checkpoint((a.model_dir or default_model_dir()).resolve())
     tok = load_tokenizer(ckpt)
