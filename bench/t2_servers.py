@@ -320,7 +320,7 @@ def chattune_deployment(home: ChattuneHome, work: Path, max_concurrency: int) ->
     request timeout is Azure's maximum (180 s). The supervisor splits the cores between
     instances itself.
     """
-    from chattune.serving import control
+    from chattune.serving.control import lifecycle as control
     from chattune.serving.deployments import DeploymentSettings, ProbeSettings, list_instances
     from chattune.serving.endpoints import get_endpoint, update_traffic
     from chattune.serving.service import deploy

@@ -20,10 +20,10 @@ from typing import Any
 import httpx
 import pytest
 
-from chattune.serving.forwarder import _events_end
-from chattune.serving.gateway import create_gateway
-from chattune.serving.gateway_config import DeploymentTarget, GatewayConfig, key_digest
-from chattune.serving.routing import InFlight
+from chattune.serving.gateway.app import create_gateway
+from chattune.serving.gateway.config import DeploymentTarget, GatewayConfig, key_digest
+from chattune.serving.gateway.forwarder import _events_end
+from chattune.serving.gateway.routing import InFlight
 from tests.serving.gateway_harness import (
     PRIMARY,
     SAMPLE,

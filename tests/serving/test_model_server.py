@@ -15,7 +15,7 @@ import httpx
 import pytest
 import torch
 
-from chattune.serving.chat import ChatPrompter
+from chattune.serving.model_server.chat import ChatPrompter
 from tests.serving.conftest import ServerProc, start_model_server
 
 pytestmark = pytest.mark.integration

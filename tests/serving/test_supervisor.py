@@ -13,10 +13,10 @@ import httpx
 import pytest
 
 from chattune.errors import DeploymentFailed
-from chattune.serving import control
 from chattune.serving import deployments as D
 from chattune.serving import endpoints as E
-from chattune.serving.instances import port_free
+from chattune.serving.control import lifecycle as control
+from chattune.serving.control.instances import port_free
 from tests.serving.supervised import FAST, fake_model, processes_under, serving_ws, wait_for
 
 __all__ = ["fake_model", "serving_ws"]  # fixtures

@@ -16,7 +16,7 @@ from rich.table import Table
 from chattune.cli.common import JsonOpt, WorkspaceOpt, console, open_workspace, print_json
 from chattune.cli.endpoint import applied_note
 from chattune.errors import EndpointError
-from chattune.serving import control
+from chattune.serving.control import lifecycle as control
 from chattune.serving.deployments import (
     Deployment,
     DeploymentSettings,

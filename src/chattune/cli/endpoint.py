@@ -21,7 +21,7 @@ from chattune.cli.common import (
     print_json,
 )
 from chattune.errors import EndpointError
-from chattune.serving import control
+from chattune.serving.control import lifecycle as control
 from chattune.serving.deployments import list_deployments
 from chattune.serving.endpoints import (
     Endpoint,

@@ -79,7 +79,7 @@ class OnlineEndpointOperations:
         self._ws = ws
 
     def _create_or_update(self, endpoint: ManagedOnlineEndpoint) -> ManagedOnlineEndpoint:
-        from chattune.serving import control
+        from chattune.serving.control import lifecycle as control
         from chattune.serving.endpoints import get_endpoint, update_traffic
 
         with azure_errors():
@@ -133,7 +133,7 @@ class OnlineEndpointOperations:
         self, name: str, *, key_type: str = "primary", **_kw: Any
     ) -> LROPoller[None]:
         """Replace one key; the old one is refused once the poller is done."""
-        from chattune.serving import control
+        from chattune.serving.control import lifecycle as control
         from chattune.serving.endpoints import regenerate_key
 
         def work() -> None:
@@ -174,7 +174,7 @@ class OnlineEndpointOperations:
 
     def begin_delete(self, name: str, **_kw: Any) -> LROPoller[None]:
         """Stop every process of the endpoint and remove it."""
-        from chattune.serving import control
+        from chattune.serving.control import lifecycle as control
 
         def work() -> None:
             with azure_errors():
@@ -191,7 +191,7 @@ class OnlineDeploymentOperations:
 
     def _create_or_update(self, d: ManagedOnlineDeployment) -> ManagedOnlineDeployment:
         from chattune.errors import DeploymentNotFound
-        from chattune.serving import control
+        from chattune.serving.control import lifecycle as control
         from chattune.serving.deployments import get_deployment, update_deployment
         from chattune.serving.service import deploy
 
@@ -264,7 +264,7 @@ class OnlineDeploymentOperations:
         return "".join(path.read_text(errors="replace").splitlines(keepends=True)[-lines:])
 
     def begin_delete(self, name: str, endpoint_name: str, **_kw: Any) -> LROPoller[None]:
-        from chattune.serving import control
+        from chattune.serving.control import lifecycle as control
         from chattune.serving.deployments import delete_deployment
 
         def work() -> None:

@@ -48,16 +48,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from chattune.errors import ChattuneError, InvalidParameter
-from chattune.serving.chat import (
+from chattune.serving.loader import BASE_ADAPTER
+from chattune.serving.model_server.chat import (
     Detokenizer,
     StopMatcher,
     model_context_length,
     stop_token_ids,
 )
-from chattune.serving.loader import BASE_ADAPTER
 
 if TYPE_CHECKING:  # transformers is imported by the engine thread, not by `protocol`'s users
-    from chattune.serving.kvcache import BatchCache
+    from chattune.serving.model_server.kvcache import BatchCache
 
 log = logging.getLogger("chattune.serving")
 
@@ -294,7 +294,7 @@ class Engine:
         adapters: the LoRA adapter names loaded in `model`.
         default_adapter: used when a request names none (None: the base model).
         eos_ids: token ids that end an answer; default: the model's eos ids and the chat
-            template's end-of-turn token (see `chattune.serving.chat.stop_token_ids`).
+            template's end-of-turn token (see `chattune.serving.model_server.chat.stop_token_ids`).
         max_batch_size: most rows decoded together; later requests wait in the queue.
         context_length: prompt + answer limit in tokens (default: the model's).
         kv_cache: "preallocated" (`kvcache.BatchCache`, a step writes in place) or "concat"
@@ -335,7 +335,7 @@ class Engine:
             eos_ids = stop_token_ids(model, tokenizer)
         self.eos_ids = frozenset(eos_ids)
         self.max_batch_size = max_batch_size
-        from chattune.serving.kvcache import KV_CACHES
+        from chattune.serving.model_server.kvcache import KV_CACHES
 
         if kv_cache not in KV_CACHES:
             raise InvalidParameter(

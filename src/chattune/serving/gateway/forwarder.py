@@ -22,9 +22,9 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from chattune.serving.errors import HTTPProblem, envelope
-from chattune.serving.gateway_config import MAX_REQUEST_TIMEOUT_MS, DeploymentTarget
-from chattune.serving.routing import DEPLOYMENT_HEADER, InFlight, Route, Slot, check_serving
+from chattune.serving.gateway.config import MAX_REQUEST_TIMEOUT_MS, DeploymentTarget
+from chattune.serving.gateway.routing import DEPLOYMENT_HEADER, InFlight, Route, Slot, check_serving
+from chattune.serving.http_errors import HTTPProblem, envelope
 
 log = logging.getLogger("chattune.serving.gateway")
 

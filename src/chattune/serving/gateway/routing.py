@@ -10,8 +10,8 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
-from chattune.serving.errors import HTTPProblem
-from chattune.serving.gateway_config import DeploymentTarget, GatewayConfig
+from chattune.serving.gateway.config import DeploymentTarget, GatewayConfig
+from chattune.serving.http_errors import HTTPProblem
 
 DEPLOYMENT_HEADER = "azureml-model-deployment"
 RETRY_AFTER_BUSY_S = 1  # 429: in-flight requests finish in about a request's time

@@ -1,4 +1,4 @@
-"""The supervisor of one endpoint: `python -m chattune.serving.supervisor WS ENDPOINT`.
+"""The supervisor of one endpoint: `python -m chattune.serving.control.supervisor WS ENDPOINT`.
 
 One process per endpoint, detached from the CLI that started it. It serves the endpoint's
 gateway (in a thread, on the endpoint's port) and makes the model-server processes follow
@@ -11,7 +11,7 @@ applied to `ws/endpoints/<name>/supervisor.json`: the CLI waits for that stamp.
 
 SIGHUP: re-read the database now. SIGTERM: stop every instance and exit.
 
-The CLI side (start, signal and wait, stop) is `serving/control.py`.
+The CLI side (start, signal and wait, stop) is `serving/control/lifecycle.py`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from chattune.errors import ChattuneError
+from chattune.serving.control.instances import GroupSpec, Prober, Slot, failure_reason
 from chattune.serving.deployments import (
     Deployment,
     Instance,
@@ -38,11 +39,10 @@ from chattune.serving.deployments import (
     set_deployment_state,
 )
 from chattune.serving.endpoints import Endpoint, endpoint_dir, get_endpoint, set_endpoint_fields
-from chattune.serving.gateway_config import DeploymentTarget, GatewayConfig, key_digest
-from chattune.serving.instances import GroupSpec, Prober, Slot, failure_reason
+from chattune.serving.gateway.config import DeploymentTarget, GatewayConfig, key_digest
 from chattune.workspace import Workspace
 
-GATEWAY_FACTORY = "chattune.serving.gateway:create_gateway"  # `CHATTUNE_GATEWAY` overrides
+GATEWAY_FACTORY = "chattune.serving.gateway.app:create_gateway"  # `CHATTUNE_GATEWAY` overrides
 TICK_S = 0.05  # the loop's period: process exits and probe results are seen this fast
 POLL_DB_S = 1.0  # re-read the database this often even without SIGHUP
 MAX_START_CRASHES = 3  # exits before ever being ready, in a row: the deployment failed
@@ -438,10 +438,13 @@ def _write_status(path: Path, pid: int, port: int | None, applied: float) -> Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: `python -m chattune.serving.supervisor WS ENDPOINT`."""
+    """Entry point: `python -m chattune.serving.control.supervisor WS ENDPOINT`."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        print("usage: python -m chattune.serving.supervisor WORKSPACE ENDPOINT", file=sys.stderr)
+        print(
+            "usage: python -m chattune.serving.control.supervisor WORKSPACE ENDPOINT",
+            file=sys.stderr,
+        )
         return 2
     ws = Workspace.open(args[0])
     return Supervisor(ws, args[1]).run()

@@ -19,6 +19,8 @@ from collections.abc import Callable
 import httpx
 
 from chattune.errors import DeploymentFailed, EndpointError
+from chattune.serving.control.instances import free_port, port_free
+from chattune.serving.control.supervisor import status_path
 from chattune.serving.deployments import (
     Deployment,
     get_deployment,
@@ -34,8 +36,6 @@ from chattune.serving.endpoints import (
     list_endpoints,
     set_endpoint_fields,
 )
-from chattune.serving.instances import free_port, port_free
-from chattune.serving.supervisor import status_path
 from chattune.workspace import Workspace
 from chattune.workspace.processes import pid_alive, spawn_detached
 
@@ -56,7 +56,7 @@ def _log_tail(ws: Workspace, endpoint: str, n: int = 5) -> str:
 
 def spawn_supervisor(ws: Workspace, endpoint: str) -> int:
     """Start the supervisor of `endpoint` detached (own session: it outlives the CLI)."""
-    args = ["chattune.serving.supervisor", str(ws.root), endpoint]
+    args = ["chattune.serving.control.supervisor", str(ws.root), endpoint]
     pid = spawn_detached(args, log_path(ws, endpoint))
     set_endpoint_fields(ws, endpoint, bump=False, pid=pid, state="creating", error=None)
     return pid

@@ -38,10 +38,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from chattune.serving.chat import ChatPrompter
-from chattune.serving.engine import DEFAULT_MAX_BATCH, Engine, EngineError, Handle
-from chattune.serving.errors import HTTPProblem, install_error_handlers
-from chattune.serving.protocol import (
+from chattune.serving.http_errors import HTTPProblem, install_error_handlers
+from chattune.serving.model_server.chat import ChatPrompter
+from chattune.serving.model_server.engine import DEFAULT_MAX_BATCH, Engine, EngineError, Handle
+from chattune.serving.model_server.schemas import (
     ChatCompletionRequest,
     ChatMessage,
     ScoreRequest,
@@ -268,7 +268,7 @@ def create_app(
 
 # -- request checking ----------------------------------------------------------------------------
 def _status(status: int, message: str) -> JSONResponse:
-    from chattune.serving.errors import envelope
+    from chattune.serving.http_errors import envelope
 
     return JSONResponse(envelope(status, message), status_code=status)
 
@@ -357,7 +357,7 @@ async def _sse(
     carrying the 408 envelope. A client that goes away closes this generator: the
     `finally` cancels the generation.
     """
-    from chattune.serving.errors import envelope
+    from chattune.serving.http_errors import envelope
 
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
         choice = {"index": 0, "delta": delta, "finish_reason": finish}

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chattune.errors import ChattuneError
-from chattune.serving.engine import SamplingParams
-from chattune.serving.errors import HTTPProblem
+from chattune.serving.http_errors import HTTPProblem
+from chattune.serving.model_server.engine import SamplingParams
 
 if TYPE_CHECKING:
-    from chattune.serving.chat import ChatPrompter
-    from chattune.serving.engine import Engine
+    from chattune.serving.model_server.chat import ChatPrompter
+    from chattune.serving.model_server.engine import Engine
 
 _STRICT = ConfigDict(strict=True, extra="ignore")
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}

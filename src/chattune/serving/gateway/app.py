@@ -24,11 +24,10 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from chattune.serving import gateway_openapi as docs
-from chattune.serving.errors import HTTPProblem, install_error_handlers
-from chattune.serving.forwarder import Forwarder
-from chattune.serving.gateway_config import GatewayConfig, key_digest
-from chattune.serving.routing import (
+from chattune.serving.gateway import openapi as docs
+from chattune.serving.gateway.config import GatewayConfig, key_digest
+from chattune.serving.gateway.forwarder import Forwarder
+from chattune.serving.gateway.routing import (
     DEPLOYMENT_HEADER,
     RETRY_AFTER_STARTING_S,
     InFlight,
@@ -36,6 +35,7 @@ from chattune.serving.routing import (
     check_serving,
     choose_route,
 )
+from chattune.serving.http_errors import HTTPProblem, install_error_handlers
 
 
 class Gateway:
