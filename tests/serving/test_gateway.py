@@ -21,7 +21,8 @@ import httpx
 import pytest
 
 from chattune.serving.gateway.app import create_gateway
-from chattune.serving.gateway.config import DeploymentTarget, GatewayConfig, key_digest
+from chattune.serving.gateway.auth import key_digest
+from chattune.serving.gateway.config import DeploymentTarget, GatewayConfig
 from chattune.serving.gateway.forwarder import _events_end
 from chattune.serving.gateway.routing import InFlight
 from tests.serving.gateway_harness import (

@@ -39,7 +39,8 @@ from chattune.serving.deployments import (
     set_deployment_state,
 )
 from chattune.serving.endpoints import Endpoint, endpoint_dir, get_endpoint, set_endpoint_fields
-from chattune.serving.gateway.config import DeploymentTarget, GatewayConfig, key_digest
+from chattune.serving.gateway.auth import key_digest
+from chattune.serving.gateway.config import DeploymentTarget, GatewayConfig
 from chattune.workspace import Workspace
 
 GATEWAY_FACTORY = "chattune.serving.gateway.app:create_gateway"  # `CHATTUNE_GATEWAY` overrides

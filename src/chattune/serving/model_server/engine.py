@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from chattune.errors import ChattuneError, InvalidParameter
+from chattune.errors import InvalidParameter, ServiceUnavailable
 from chattune.serving.loader import BASE_ADAPTER
 from chattune.serving.model_server.chat import (
     Detokenizer,
@@ -56,7 +56,7 @@ from chattune.serving.model_server.chat import (
     stop_token_ids,
 )
 
-if TYPE_CHECKING:  # transformers is imported by the engine thread, not by `protocol`'s users
+if TYPE_CHECKING:  # transformers is imported by the engine thread, not by `schemas`' users
     from chattune.serving.model_server.kvcache import BatchCache
 
 log = logging.getLogger("chattune.serving")
@@ -67,8 +67,9 @@ log = logging.getLogger("chattune.serving")
 DEFAULT_MAX_BATCH = 32
 
 
-class EngineError(ChattuneError):
-    """Generation failed inside the engine (the request's, not the server's, failure)."""
+class EngineError(RuntimeError):
+    """An unexpected exception ended one request's generation (a server error: HTTP 500);
+    the engine goes on with the other requests."""
 
 
 @dataclass(frozen=True)
@@ -409,7 +410,10 @@ class Engine:
         )
         with self._cv:
             if self._stopping:
-                raise EngineError("the engine is stopped.")
+                raise ServiceUnavailable(
+                    "the engine is stopped (the server is shutting down).",
+                    fix="retry: the gateway sends the request to another instance.",
+                )
             self._stats.requests += 1
             self._pending.append(row)
             self._cv.notify()

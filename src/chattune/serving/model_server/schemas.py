@@ -1,27 +1,20 @@
-"""Wire models of the model server: the seed's scoring request and OpenAI chat completions.
+"""Wire models of the model server: the seed's scoring API and OpenAI's chat completions
+(requests, responses and stream chunks), and the small replies of the health routes.
 
-Types are strict (`"0.5"` is not a temperature, `1.0` is not a token count), so a wrong
-type is a 400 naming the field; ranges that depend on the model (tokens left in the context)
-are checked by `max_tokens` and friends below, once the prompt's length is known. Each
-raises `HTTPProblem(400)` naming the field and the fix.
+Request types are strict (`"0.5"` is not a temperature, `1.0` is not a token count), so a
+wrong type is a 400 naming the field; ranges that depend on the model (tokens left in the
+context) are checked by the service once the prompt's length is known. Response models
+serialize to exactly the JSON OpenAI's clients expect; none of this imports the engine.
 """
 
 from __future__ import annotations
 
-import json
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from chattune.errors import ChattuneError
-from chattune.serving.http_errors import HTTPProblem
-from chattune.serving.model_server.engine import SamplingParams
-
-if TYPE_CHECKING:
-    from chattune.serving.model_server.chat import ChatPrompter
-    from chattune.serving.model_server.engine import Engine
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 _STRICT = ConfigDict(strict=True, extra="ignore")
+# OpenAI's roles -> the chat template's
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
@@ -95,114 +88,116 @@ class ScoreRequest(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-# -- checking requests ----------------------------------------------------------------------------
-def parse_body(model: type[BaseModel], raw: bytes) -> Any:
-    """`raw` parsed into `model`; malformed JSON or a wrong field is a 400 naming it."""
-    try:
-        json.loads(raw or b"")
-    except ValueError as exc:
-        raise HTTPProblem(
-            400, f"the body is not valid JSON ({exc}); send a JSON object.", param="body"
-        ) from None
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        parts, param = [], None
-        for err in exc.errors(include_url=False):
-            where = ".".join(str(p) for p in err["loc"]) or "body"
-            param = param or where
-            parts.append(f"`{where}`: {err['msg']}")
-        raise HTTPProblem(
-            400,
-            "invalid request: " + "; ".join(parts[:6]) + ". Send the named fields as "
-            "the API documents them (GET /docs).",
-            param=param,
-        ) from None
+# -- responses -----------------------------------------------------------------------------------
+class ScoreResponse(BaseModel):
+    """`/score`'s answer: one text, or one per conversation (in order) for several."""
+
+    output: str | list[str]
 
 
-def prompt_ids(
-    prompter: ChatPrompter, engine: Engine, messages: list[ChatMessage], field: str
-) -> list[int]:
-    """The prompt ids of `messages` (roles checked, the model's template applied); 400 if
-    empty, a role is unknown, the template rejects them, or they fill the context."""
-    if not messages:
-        raise HTTPProblem(400, f"`{field}` is empty; send at least one message.", param=field)
-    plain = []
-    for i, m in enumerate(messages):
-        role = ROLES.get(m.role)
-        if role is None:
-            raise HTTPProblem(
-                400,
-                f"`{field}[{i}].role` is {m.role!r}; use one of system, user, assistant.",
-                param=f"{field}[{i}].role",
-            )
-        plain.append({"role": role, "content": m.text()})
-    try:
-        ids = prompter.encode(plain)
-    except ChattuneError as exc:
-        raise HTTPProblem(400, str(exc), param=field) from None
-    if len(ids) >= engine.context_length:
-        raise HTTPProblem(
-            400,
-            f"the prompt is {len(ids)} tokens; the model's context is {engine.context_length} "
-            f"tokens, with room for an answer. Shorten `{field}`.",
-            param=field,
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
+        return cls(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
         )
-    return ids
 
 
-def max_tokens(
-    engine: Engine, ids: list[int], value: int | None, field: str, default: int | None = None
-) -> int:
-    """The answer's token budget: `value`, checked against the context left after the
-    prompt, or by default `default` (capped to that) or all that is left."""
-    left = engine.context_length - len(ids)
-    if value is None:
-        return min(default, left) if default is not None else left
-    if value < 1:
-        raise HTTPProblem(400, f"`{field}` is {value}; it must be >= 1.", param=field)
-    if value > left:
-        raise HTTPProblem(
-            400,
-            f"`{field}` is {value}, above the {left} tokens the context has left after the "
-            f"prompt ({len(ids)} of {engine.context_length} tokens); set it to at most {left} "
-            "or shorten the messages.",
-            param=field,
-        )
-    return value
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
 
 
-def sampling_params(
-    engine: Engine,
-    temperature: float | None,
-    top_p: float | None,
-    max_new: int,
-    prefix: str,
-    *,
-    do_sample: bool,
-    seed: int | None = None,
-    stop: list[str] | None = None,
-) -> SamplingParams:
-    """`SamplingParams` from checked values (temperature >= 0, top_p in (0, 1])."""
+class Choice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: str | None
 
-    def name(f: str) -> str:
-        return f"{prefix}.{f}" if prefix else f
 
-    if temperature is not None and temperature < 0:
-        raise HTTPProblem(
-            400, f"`{name('temperature')}` is {temperature}; it must be >= 0 (0 = greedy).",
-            param=name("temperature"),
-        )  # fmt: skip
-    if top_p is not None and not 0 < top_p <= 1:
-        raise HTTPProblem(
-            400, f"`{name('top_p')}` is {top_p}; it must be in (0, 1] (1 = no nucleus cut).",
-            param=name("top_p"),
-        )  # fmt: skip
-    return SamplingParams(
-        max_new_tokens=max_new,
-        do_sample=do_sample,
-        temperature=1.0 if temperature is None else temperature,
-        top_p=1.0 if top_p is None else top_p,
-        seed=seed,
-        stop=tuple(stop or ()),
-    )
+class ChatCompletion(BaseModel):
+    """`POST /v1/chat/completions` without `stream`."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+
+
+class _OmitsNone(BaseModel):
+    """Leaves out the fields named in `_omit_if_none` while they are None (OpenAI's chunks
+    have no `usage` key until the last one, and a delta holds only what it adds)."""
+
+    _omit_if_none: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        return {k: v for k, v in data.items() if k not in self._omit_if_none or v is not None}
+
+
+class Delta(_OmitsNone):
+    """What one stream chunk adds to the message."""
+
+    _omit_if_none = ("role", "content")
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: Delta
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(_OmitsNone):
+    """One server-sent event of a streamed chat completion."""
+
+    _omit_if_none = ("usage",)
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+    def sse(self) -> str:
+        """The chunk as one server-sent event."""
+        return f"data: {self.model_dump_json()}\n\n"
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    """`GET /v1/models`."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+    @classmethod
+    def of(cls, names: list[str], owned_by: str) -> ModelList:
+        return cls(data=[ModelCard(id=name, owned_by=owned_by) for name in names])
+
+
+class StatusReply(BaseModel):
+    """`GET /health` and `GET /ready` when all is well."""
+
+    status: str
+
+
+class ReadyReply(StatusReply):
+    """The gateway's `GET /ready`: the deployments that can answer."""
+
+    deployments: list[str]
