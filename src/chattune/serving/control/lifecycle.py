@@ -183,16 +183,21 @@ def wait_deployment(
             )
         ep = get_endpoint(ws, endpoint)
         if not pid_alive(ep.pid):
-            raise DeploymentFailed(
-                f"the supervisor of {endpoint!r} is not running, so {name!r} cannot start.",
-                fix="run `chattune up`.",
-            )
+            raise supervisor_not_running(endpoint, name)
         if time.monotonic() > deadline:
             raise DeploymentFailed(
                 f"deployment {name!r} was not ready after {timeout_s:.0f} s (state {dep.state}).",
                 fix="read its log with `chattune deployment logs`; raise the timeout.",
             )
         time.sleep(0.1)
+
+
+def supervisor_not_running(endpoint: str, name: str) -> DeploymentFailed:
+    """The error of waiting for deployment `name` of an endpoint that is stopped."""
+    return DeploymentFailed(
+        f"the supervisor of {endpoint!r} is not running, so {name!r} cannot start.",
+        fix="run `chattune up`.",
+    )
 
 
 def stop_endpoint(ws: Workspace, name: str, timeout_s: float = 30.0) -> None:

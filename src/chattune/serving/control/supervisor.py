@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from chattune.errors import ChattuneError
-from chattune.serving.control.instances import GroupSpec, Prober, Slot, failure_reason
+from chattune.serving.control.engines import BuiltinModelServer, InstanceEngine
+from chattune.serving.control.instances import GroupSpec, Slot, failure_reason
+from chattune.serving.control.probes import Prober
 from chattune.serving.deployments import (
     Deployment,
     Instance,
@@ -130,8 +132,11 @@ def _resolve(path: str) -> Any:
 class Supervisor:
     """Reconciles one endpoint's processes with the database; see the module docstring."""
 
-    def __init__(self, ws: Workspace, endpoint: str) -> None:
+    def __init__(
+        self, ws: Workspace, endpoint: str, engine: InstanceEngine | None = None
+    ) -> None:
         self.ws, self.name = ws, endpoint
+        self.engine: InstanceEngine = engine or BuiltinModelServer.from_env()
         self.dir = endpoint_dir(ws, endpoint)
         self.slots: dict[tuple[str, int], Slot] = {}
         self.groups: dict[str, Group] = {}
@@ -297,7 +302,7 @@ class Supervisor:
         # the CPU's cores, split between every instance of the endpoint
         instances = sum(g.count for g in self.groups.values()) or 1
         threads = max(1, (os.cpu_count() or 1) // instances)
-        slot.start(group.spec, group.liveness, group.readiness, threads)
+        slot.start(self.engine, group.spec, group.liveness, group.readiness, threads)
 
     def _on_liveness_failure(self, group: Group, slot: Slot) -> None:
         """Liveness failed `failure_threshold` times in a row: kill and restart (Azure)."""
