@@ -15,7 +15,7 @@ from chattune.models.store import add_version
 from chattune.serving import deployments as D
 from chattune.serving import endpoints as E
 from chattune.serving.control.instances import port_free
-from tests.serving.supervised import REAL_FLAGS, kill_all, processes_under, wait_for
+from tests.serving.control.supervised import REAL_FLAGS, kill_all, processes_under, wait_for
 
 SEED_REQUEST = {
     "input_data": {

@@ -19,6 +19,7 @@ from chattune.models.store import get_model
 from chattune.serving import deployments as rows
 from chattune.serving import endpoints as endpoint_rows
 from chattune.serving.control import lifecycle
+from chattune.serving.control.instances import free_port
 from chattune.serving.deployments import Deployment, DeploymentSettings
 from chattune.serving.endpoints import Endpoint, get_endpoint
 from chattune.serving.headers import DEPLOYMENT_HEADER
@@ -153,9 +154,16 @@ def create_endpoint(
     Raises:
         EndpointError: a bad name or auth mode, or the supervisor did not start.
     """
-    return lifecycle.start_endpoint(
-        ws, name, auth_mode=auth_mode, description=description, tags=tags
+    endpoint_rows.create_endpoint(
+        ws, name, port=free_port(), auth_mode=auth_mode, description=description, tags=tags
     )
+    try:
+        lifecycle.spawn_supervisor(ws, name)
+        return lifecycle.wait_running(ws, name)
+    except BaseException:
+        lifecycle.stop_endpoint(ws, name)
+        endpoint_rows.delete_endpoint_rows(ws, name)
+        raise
 
 
 def update_traffic(

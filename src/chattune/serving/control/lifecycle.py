@@ -19,7 +19,7 @@ from collections.abc import Callable
 import httpx
 
 from chattune.errors import DeploymentFailed, EndpointError
-from chattune.serving.control.instances import free_port, port_free
+from chattune.serving.control.instances import port_free
 from chattune.serving.control.supervisor import status_path
 from chattune.serving.deployments import (
     Deployment,
@@ -29,7 +29,6 @@ from chattune.serving.deployments import (
 )
 from chattune.serving.endpoints import (
     Endpoint,
-    create_endpoint,
     delete_endpoint_rows,
     endpoint_dir,
     get_endpoint,
@@ -131,28 +130,6 @@ def apply(ws: Workspace, endpoint: str, stamp: float, timeout_s: float = 60.0) -
         f"the supervisor of {endpoint!r} did not apply the change within {timeout_s:.0f} s.",
         fix=f"read {log_path(ws, endpoint)}.",
     )
-
-
-def start_endpoint(
-    ws: Workspace,
-    name: str,
-    *,
-    auth_mode: str = "key",
-    description: str = "",
-    tags: dict[str, str] | None = None,
-) -> Endpoint:
-    """Create endpoint `name` on a free port and start its supervisor; returns once its
-    gateway answers. A failed start leaves no row behind."""
-    create_endpoint(
-        ws, name, port=free_port(), auth_mode=auth_mode, description=description, tags=tags
-    )
-    try:
-        spawn_supervisor(ws, name)
-        return wait_running(ws, name)
-    except BaseException:
-        stop_endpoint(ws, name)
-        delete_endpoint_rows(ws, name)
-        raise
 
 
 def wait_deployment(

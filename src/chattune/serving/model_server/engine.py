@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from chattune.errors import InvalidParameter, ServiceUnavailable
+from chattune.errors import ChattuneError, InvalidParameter, ServiceUnavailable
 from chattune.serving.loader import BASE_ADAPTER
 from chattune.serving.model_server.chat import (
     Detokenizer,
@@ -107,8 +107,8 @@ class Handle:
 
     Iterate with `for` (no event loop) or `async for` (submitted from inside a loop).
     After the iteration: `finish_reason` ("stop" | "length" | "cancelled"), `prompt_tokens`,
-    `completion_tokens`, `token_ids` (eos included). An engine failure raises `EngineError`
-    from the iteration.
+    `completion_tokens`, `token_ids` (eos included). A domain error (`ChattuneError`) on the
+    engine thread is raised from the iteration as it is; any other failure as `EngineError`.
     """
 
     _ids = itertools.count(1)
@@ -156,6 +156,8 @@ class Handle:
         if kind == _TEXT:
             return value
         if kind == _ERROR:
+            if isinstance(value, ChattuneError):
+                raise value  # a domain error keeps its class (and so its status code)
             raise EngineError(f"generation failed: {type(value).__name__}: {value}") from value
         return None
 
