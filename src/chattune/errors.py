@@ -145,3 +145,9 @@ class ClientDisconnected(RequestError):
 
 class ServiceUnavailable(RequestError):
     """The model is loading, or no instance of the deployment is ready yet (HTTP 503)."""
+
+
+class EngineError(ChattuneError):
+    """An unexpected exception (a bug, a kernel failure) ended one request's generation on
+    the engine thread; the engine goes on with the other requests. The one error class that
+    is a server error (HTTP 500): it wraps what nobody raised on purpose."""

@@ -26,6 +26,7 @@ from chattune.errors import (
     DeploymentFailed,
     DeploymentNotFound,
     EndpointNotFound,
+    EngineError,
     InvalidParameter,
     InvalidRequest,
     ModelNotFound,
@@ -58,6 +59,7 @@ STATUS: dict[type[ChattuneError], int] = {
     TooManyRequests: 429,
     ClientDisconnected: 499,  # nginx's "client closed request": nobody receives it
     ServiceUnavailable: 503,
+    EngineError: 500,  # wraps an unexpected exception of the engine thread: a server error
 }
 
 # status -> OpenAI-style error type

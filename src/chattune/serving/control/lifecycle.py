@@ -1,5 +1,6 @@
 """The CLI's side of the supervisor: start it detached, signal it and wait until a change is
 live, wait for deployments, stop and delete endpoints, bring every endpoint back (`up`).
+`serving/service.py` composes these with the row writes.
 
 A change is live when the supervisor's status file (`supervisor.json`) acknowledges an
 endpoint stamp at least as new as the one the change wrote: the CLI sends SIGHUP and waits

@@ -28,7 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import uvicorn
+
 from chattune.errors import ChattuneError
+from chattune.models.store import get_model
 from chattune.serving.control.engines import BuiltinModelServer, InstanceEngine
 from chattune.serving.control.instances import GroupSpec, Slot, failure_reason
 from chattune.serving.control.probes import Prober
@@ -43,6 +46,7 @@ from chattune.serving.deployments import (
 from chattune.serving.endpoints import Endpoint, endpoint_dir, get_endpoint, set_endpoint_fields
 from chattune.serving.gateway.auth import key_digest
 from chattune.serving.gateway.config import DeploymentTarget, GatewayConfig
+from chattune.serving.loader import resolve_checkpoint
 from chattune.workspace import Workspace
 
 GATEWAY_FACTORY = "chattune.serving.gateway.app:create_gateway"  # `CHATTUNE_GATEWAY` overrides
@@ -76,8 +80,6 @@ class Group:
 
 def plan_groups(ws: Workspace, deployments: list[Deployment]) -> dict[str, Group]:
     """Which process groups the deployments need, and what each runs."""
-    from chattune.models.store import get_model
-
     groups: dict[str, Group] = {}
     for dep in deployments:
         s = dep.settings
@@ -123,8 +125,6 @@ _resolved: dict[str, Any] = {}
 def _resolve(path: str) -> Any:
     """`loader.resolve_checkpoint`, once per path (it hashes the base weights)."""
     if path not in _resolved:
-        from chattune.serving.loader import resolve_checkpoint
-
         _resolved[path] = resolve_checkpoint(Path(path))
     return _resolved[path]
 
@@ -132,9 +132,7 @@ def _resolve(path: str) -> Any:
 class Supervisor:
     """Reconciles one endpoint's processes with the database; see the module docstring."""
 
-    def __init__(
-        self, ws: Workspace, endpoint: str, engine: InstanceEngine | None = None
-    ) -> None:
+    def __init__(self, ws: Workspace, endpoint: str, engine: InstanceEngine | None = None) -> None:
         self.ws, self.name = ws, endpoint
         self.engine: InstanceEngine = engine or BuiltinModelServer.from_env()
         self.dir = endpoint_dir(ws, endpoint)
@@ -200,8 +198,6 @@ class Supervisor:
         self.wake.set()
 
     def _start_gateway(self, ep: Endpoint) -> None:
-        import uvicorn
-
         module, _, func = os.environ.get("CHATTUNE_GATEWAY", GATEWAY_FACTORY).partition(":")
         self.gateway = getattr(importlib.import_module(module), func)(self._config(ep, {}))
         config = uvicorn.Config(

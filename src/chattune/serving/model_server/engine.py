@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from chattune.errors import ChattuneError, InvalidParameter, ServiceUnavailable
+from chattune.errors import ChattuneError, EngineError, InvalidParameter, ServiceUnavailable
 from chattune.serving.loader import BASE_ADAPTER
 from chattune.serving.model_server.chat import (
     Detokenizer,
@@ -65,11 +65,6 @@ log = logging.getLogger("chattune.serving")
 # Most rows decoded together. With 16, half of 32 concurrent requests queued (BENCHMARKS.md,
 # T2 sweep: time to first token 16 s); the KV cache grows only with the live rows.
 DEFAULT_MAX_BATCH = 32
-
-
-class EngineError(RuntimeError):
-    """An unexpected exception ended one request's generation (a server error: HTTP 500);
-    the engine goes on with the other requests."""
 
 
 @dataclass(frozen=True)
