@@ -87,13 +87,13 @@ def child_serve(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     from profile_decode import prompts
 
-    from chattune.serving.engine import Engine, SamplingParams
     from chattune.serving.loader import (
         load_model,
         load_tokenizer,
         resolve_checkpoint,
         serving_dtype,
     )
+    from chattune.serving.model_server.engine import Engine, SamplingParams
 
     ckpt = resolve_checkpoint(Path(spec["model_dir"]))
     tok = load_tokenizer(ckpt)

@@ -116,13 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     from chattune.kernels.attention import KERNEL_ENV
-    from chattune.serving.engine import Engine, SamplingParams
     from chattune.serving.loader import (
         load_model,
         load_tokenizer,
         resolve_checkpoint,
         serving_dtype,
     )
+    from chattune.serving.model_server.engine import Engine, SamplingParams
 
     ckpt = resolve_checkpoint((a.model_dir or default_model_dir()).resolve())
     tok = load_tokenizer(ckpt)
@@ -196,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     # length runs), at the run's batch size and prompt lengths.
     from transformers import DynamicCache
 
-    from chattune.serving.engine import decode_buckets
-    from chattune.serving.kvcache import BatchCache
+    from chattune.serving.model_server.engine import decode_buckets
+    from chattune.serving.model_server.kvcache import BatchCache
 
     rows = sorted(ids, key=len, reverse=True)
     batch, width = len(rows), len(rows[0])

@@ -319,15 +319,15 @@ def chattune_deployment(home: ChattuneHome, work: Path, max_concurrency: int) ->
     request timeout is Azure's maximum (180 s). The supervisor splits the cores between
     instances itself.
     """
-    from chattune.serving import control
+    from chattune.serving import service
     from chattune.serving.deployments import DeploymentSettings, ProbeSettings, list_instances
-    from chattune.serving.endpoints import get_endpoint, update_traffic
-    from chattune.serving.service import deploy
+    from chattune.serving.endpoints import get_endpoint
     from chattune.workspace import Workspace
+    from chattune.workspace.processes import pid_alive
 
     ws = Workspace.open(home.root)
     t0 = time.perf_counter()
-    ep = control.start_endpoint(ws, ENDPOINT, description="T2 benchmark")
+    ep = service.create_endpoint(ws, ENDPOINT, description="T2 benchmark")
     pids: list[int] = []
     try:
         settings = DeploymentSettings(
@@ -336,10 +336,10 @@ def chattune_deployment(home: ChattuneHome, work: Path, max_concurrency: int) ->
             readiness_probe=ProbeSettings(initial_delay=0.5, period=1.0),
             liveness_probe=ProbeSettings(initial_delay=30.0, period=10.0, timeout=5.0),
         )
-        _, stamp = deploy(ws, ENDPOINT, DEPLOYMENT, home.model_ref, settings)
-        control.apply(ws, ENDPOINT, stamp)
-        control.wait_deployment(ws, ENDPOINT, DEPLOYMENT, timeout_s=START_TIMEOUT_S)
-        control.apply(ws, ENDPOINT, update_traffic(ws, ENDPOINT, {DEPLOYMENT: 100}))
+        service.create_deployment(
+            ws, ENDPOINT, DEPLOYMENT, home.model_ref, settings, timeout_s=START_TIMEOUT_S
+        )
+        service.update_traffic(ws, ENDPOINT, {DEPLOYMENT: 100})
         ep = get_endpoint(ws, ENDPOINT)
         pids = [p for p in [ep.pid, *(i.pid for i in list_instances(ws, ENDPOINT))] if p]
         yield Target(
@@ -360,10 +360,10 @@ def chattune_deployment(home: ChattuneHome, work: Path, max_concurrency: int) ->
         )
     finally:
         try:
-            control.delete_endpoint(ws, ENDPOINT)  # SIGTERM, then SIGKILL what does not stop
+            service.delete_endpoint(ws, ENDPOINT)  # SIGTERM, then SIGKILL what does not stop
         except Exception:
             for pid in pids:  # last resort, only our own processes still alive
-                if control.pid_alive(pid):
+                if pid_alive(pid):
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.kill(pid, signal.SIGKILL)
             raise

@@ -14,8 +14,8 @@ from chattune.models.card import builtin_cards
 from chattune.models.store import add_version
 from chattune.serving import deployments as D
 from chattune.serving import endpoints as E
-from chattune.serving.instances import port_free
-from tests.serving.supervised import REAL_FLAGS, kill_all, processes_under, wait_for
+from chattune.serving.control.instances import port_free
+from tests.serving.control.supervised import REAL_FLAGS, kill_all, processes_under, wait_for
 
 SEED_REQUEST = {
     "input_data": {

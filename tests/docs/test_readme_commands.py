@@ -314,7 +314,7 @@ class Runner:
 @pytest.mark.integration
 def test_readme_runs_in_order(tmp_path: Path, tiny_llama_dir: Path) -> None:
     from tests.docs.tiny_gguf import write_tiny_llama_gguf
-    from tests.serving.supervised import kill_all, processes_under
+    from tests.serving.control.supervised import kill_all, processes_under
 
     env = {
         **os.environ,

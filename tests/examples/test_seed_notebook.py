@@ -84,7 +84,7 @@ def test_seed_notebook_end_to_end(tmp_path: Path, tiny_llama_dir: Path) -> None:
         out = r.stdout + r.stderr
         assert r.returncode == 0, out[-6000:]
     finally:  # whatever the notebook left running is stopped
-        from chattune.serving import control
+        from chattune.serving.control import lifecycle as control
         from chattune.serving.endpoints import list_endpoints
 
         for ep in list_endpoints(ws):

@@ -17,8 +17,8 @@ from chattune.host.machine import cpu_bf16_supported
 from chattune.kernels import prepack
 from chattune.kernels.attention import decode_attention_forward
 from chattune.kernels.prepack import PackedLinear, packed_count, prepack_linears
-from chattune.serving.engine import Engine, SamplingParams
 from chattune.serving.loader import load_model, load_tokenizer, resolve_checkpoint
+from chattune.serving.model_server.engine import Engine, SamplingParams
 
 DTYPES = [torch.float32] + ([torch.bfloat16] if cpu_bf16_supported() else [])
 CPU = torch.device("cpu")
@@ -161,7 +161,7 @@ def test_the_fast_paths_decode_the_same_tokens(chatty_llama_dir, monkeypatch) ->
 
 # -- decode buckets ---------------------------------------------------------------------------
 def test_decode_buckets_split_long_from_short_rows() -> None:
-    from chattune.serving.engine import decode_buckets
+    from chattune.serving.model_server.engine import decode_buckets
 
     assert decode_buckets([500, 480, 60, 50]) == ((0, 2, 500), (2, 4, 60))
     assert decode_buckets([100, 90, 80]) == ((0, 3, 100),)  # not worth another call
@@ -174,7 +174,7 @@ def test_decode_buckets_split_long_from_short_rows() -> None:
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_bucketed_decode_attention_equals_one_call(dtype: torch.dtype) -> None:
-    from chattune.serving.engine import decode_buckets
+    from chattune.serving.model_server.engine import decode_buckets
 
     torch.manual_seed(0)
     b, h, kv, t, d = 6, 9, 3, 600, 16

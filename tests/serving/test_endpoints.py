@@ -179,7 +179,7 @@ def test_delete_endpoint_rows(workspace) -> None:
 def test_plan_groups_fails_only_the_deployment_whose_model_is_gone(workspace, tmp_path) -> None:
     from chattune.models.card import builtin_cards
     from chattune.models.store import add_version
-    from chattune.serving.supervisor import plan_groups
+    from chattune.serving.control.supervisor import plan_groups
 
     card = builtin_cards()["SmolLM2-135M-Instruct"]
     add_version(workspace, name="m", kind="registered", card=card, path=tmp_path, source="t")

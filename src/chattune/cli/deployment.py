@@ -8,27 +8,24 @@ requests (Azure's `endpoint.traffic = {"demo": 100}`).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from chattune.cli.common import JsonOpt, WorkspaceOpt, console, open_workspace, print_json
-from chattune.cli.endpoint import applied_note
 from chattune.errors import EndpointError
-from chattune.serving import control
+from chattune.serving import service
 from chattune.serving.deployments import (
     Deployment,
     DeploymentSettings,
-    delete_deployment,
     get_deployment,
     list_deployments,
-    update_deployment,
     validate_settings,
 )
 from chattune.serving.endpoints import endpoint_dir
-from chattune.serving.service import deploy
-from chattune.workspace import Workspace
+from chattune.serving.service import Applied
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -83,7 +80,10 @@ def _progress_line(dep: Deployment) -> str:
     return f"deployment {dep.name}: {dep.state} — instances " + (", ".join(parts) or "starting")
 
 
-def _wait(ws: Workspace, endpoint: str, name: str, timeout_s: float) -> Deployment:
+def _waiting(
+    name: str, change: Callable[[Callable[[Deployment], None]], tuple[Deployment, Applied]]
+) -> tuple[Deployment, Applied]:
+    """Run `change` (given the progress callback) under a spinner showing the instances."""
     t0 = time.monotonic()
     with console.status(f"deployment {name}: creating") as status:
 
@@ -91,11 +91,12 @@ def _wait(ws: Workspace, endpoint: str, name: str, timeout_s: float) -> Deployme
             status.update(f"{_progress_line(dep)} [{time.monotonic() - t0:.0f} s]")
 
         try:
-            dep = control.wait_deployment(ws, endpoint, name, timeout_s, on_progress=show)
+            dep, applied = change(show)
         finally:
             status.stop()
-    console.print(f"[green]deployment {name} is ready[/] in {time.monotonic() - t0:.1f} s")
-    return dep
+    if applied.live and dep.state == "ready":
+        console.print(f"[green]deployment {name} is ready[/] in {time.monotonic() - t0:.1f} s")
+    return dep, applied
 
 
 @app.command()
@@ -128,21 +129,24 @@ def create(
     """Deploy a model version to an endpoint (0% traffic) and wait until it is ready."""
     ws = open_workspace(workspace)
     settings = _settings(DeploymentSettings(), locals())
-    dep, stamp = deploy(
-        ws,
-        endpoint,
+    dep, applied = _waiting(
         name,
-        model,
-        settings,
-        instance_count=instance_count or 1,
-        instance_type=instance_type,
-        lora_only=lora_only,
+        lambda show: service.create_deployment(
+            ws,
+            endpoint,
+            name,
+            model,
+            settings,
+            instance_count=instance_count or 1,
+            instance_type=instance_type,
+            lora_only=lora_only,
+            wait=not no_wait,
+            timeout_s=timeout,
+            on_progress=show,
+        ),
     )
-    note = applied_note(ws, endpoint, stamp)
-    if not no_wait and note == "live":
-        dep = _wait(ws, endpoint, name, timeout)
-    elif not as_json:
-        console.print(f"deployment {name} of {dep.model} created ({note}).")
+    if (no_wait or not applied.live) and not as_json:
+        console.print(f"deployment {name} of {dep.model} created ({applied.note}).")
     if as_json:
         print_json(get_deployment(ws, endpoint, name).to_dict())
     else:
@@ -172,14 +176,22 @@ def update(
 ) -> None:
     """Change instance count, request settings or probes; its instances are replaced."""
     ws = open_workspace(workspace)
-    dep = get_deployment(ws, endpoint, name)
-    settings = _settings(dep.settings, locals())
-    stamp = update_deployment(ws, endpoint, name, instance_count=instance_count, settings=settings)
-    note = applied_note(ws, endpoint, stamp)
-    if not no_wait and note == "live":
-        _wait(ws, endpoint, name, timeout)
-    else:
-        console.print(f"deployment {name} updated ({note}).")
+    settings = _settings(get_deployment(ws, endpoint, name).settings, locals())
+    _, applied = _waiting(
+        name,
+        lambda show: service.update_deployment(
+            ws,
+            endpoint,
+            name,
+            instance_count=instance_count,
+            settings=settings,
+            wait=not no_wait,
+            timeout_s=timeout,
+            on_progress=show,
+        ),
+    )
+    if no_wait or not applied.live:
+        console.print(f"deployment {name} updated ({applied.note}).")
 
 
 @app.command()
@@ -269,5 +281,5 @@ def logs(
 def delete(endpoint: EndpointOpt, name: NameOpt, workspace: WorkspaceOpt = None) -> None:
     """Delete a deployment (refused while it has live traffic: set it to 0 first)."""
     ws = open_workspace(workspace)
-    note = applied_note(ws, endpoint, delete_deployment(ws, endpoint, name))
-    console.print(f"deployment {name} deleted ({note})")
+    applied = service.delete_deployment(ws, endpoint, name)
+    console.print(f"deployment {name} deleted ({applied.note})")

@@ -21,18 +21,11 @@ from chattune.cli.common import (
     print_json,
 )
 from chattune.errors import EndpointError
-from chattune.serving import control
+from chattune.serving import service
 from chattune.serving.deployments import list_deployments
-from chattune.serving.endpoints import (
-    Endpoint,
-    get_endpoint,
-    list_endpoints,
-    parse_weights,
-    regenerate_key,
-    update_traffic,
-)
-from chattune.serving.service import invoke as invoke_endpoint
+from chattune.serving.endpoints import Endpoint, get_endpoint, list_endpoints, parse_weights
 from chattune.workspace import Workspace
+from chattune.workspace.processes import pid_alive
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -54,20 +47,13 @@ def parse_tags(tags: list[str] | None) -> dict[str, str]:
     return out
 
 
-def applied_note(ws: Workspace, name: str, stamp: float) -> str:
-    """Make the change live; say so, or say it waits for `chattune up`."""
-    if control.apply(ws, name, stamp):
-        return "live"
-    return "saved; the endpoint is stopped: `chattune up` starts it with this change"
-
-
 def _describe(ws: Workspace, ep: Endpoint) -> dict:
     d = ep.to_dict()
     d["deployments"] = [
         {"name": x.name, "model": x.model, "state": x.state, "instances": x.instance_count}
         for x in list_deployments(ws, ep.name)
     ]
-    d["running"] = control.pid_alive(ep.pid)
+    d["running"] = pid_alive(ep.pid)
     if not d["running"] and ep.state not in ("deleting", "failed"):
         d["state"] = "stopped"
     return d
@@ -90,7 +76,7 @@ def create(
     """Create an endpoint: two keys, a port, and its supervisor (returns when it answers)."""
     ws = open_workspace(workspace)
     with console.status(f"starting endpoint {name}"):
-        ep = control.start_endpoint(
+        ep = service.create_endpoint(
             ws, name, auth_mode=auth_mode, description=description, tags=parse_tags(tag)
         )
     if as_json:
@@ -178,8 +164,10 @@ def regenerate_keys(
 ) -> None:
     """Replace one key; the old one is refused from the very next request."""
     ws = open_workspace(workspace)
-    note = applied_note(ws, name, regenerate_key(ws, name, key_type))
-    console.print(f"{key_type} key of {name} regenerated ({note}); see `endpoint get-keys`.")
+    applied = service.regenerate_key(ws, name, key_type)
+    console.print(
+        f"{key_type} key of {name} regenerated ({applied.note}); see `endpoint get-keys`."
+    )
 
 
 @app.command()
@@ -200,17 +188,16 @@ def update(
             "nothing to update.", fix="pass --traffic blue=100 and/or --mirror-traffic green=10."
         )
     ws = open_workspace(workspace)
-    stamp = update_traffic(
+    applied = service.update_traffic(
         ws,
         name,
         parse_weights(traffic) if traffic is not None else None,
         parse_weights(mirror_traffic, "--mirror-traffic") if mirror_traffic is not None else None,
     )
-    note = applied_note(ws, name, stamp)
     ep = get_endpoint(ws, name)
     console.print(
         f"endpoint {name}: traffic {ep.traffic or '{}'}, mirror {ep.mirror_traffic or '{}'} "
-        f"({note})"
+        f"({applied.note})"
     )
 
 
@@ -228,7 +215,7 @@ def invoke(
     ws = open_workspace(workspace)
     if not request_file.is_file():
         raise EndpointError(f"request file {request_file} does not exist.", fix="check the path.")
-    r = invoke_endpoint(
+    r = service.invoke(
         ws, name, request_file.read_bytes(), deployment=deployment, timeout_s=timeout
     )
     print(r.text)
@@ -241,7 +228,6 @@ def invoke(
 def delete(name: NameArg, workspace: WorkspaceOpt = None) -> None:
     """Stop every process of the endpoint, free its ports, remove it and its deployments."""
     ws = open_workspace(workspace)
-    get_endpoint(ws, name)
     with console.status(f"deleting endpoint {name}"):
-        control.delete_endpoint(ws, name)
+        service.delete_endpoint(ws, name)
     console.print(f"endpoint {name} deleted")

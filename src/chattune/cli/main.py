@@ -41,7 +41,7 @@ def up(
 
     Run it after a machine restart; it waits until each deployment is ready (or failed).
     """
-    from chattune.serving.control import bring_up
+    from chattune.serving.control.lifecycle import bring_up
     from chattune.serving.deployments import list_deployments
 
     ws = open_workspace(workspace)

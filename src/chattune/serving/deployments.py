@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chattune.errors import DeploymentNotFound, EndpointError
 from chattune.serving.endpoints import get_endpoint, touch, validate_name
-from chattune.serving.gateway_config import AZURE_REQUEST_TIMEOUT_MS, MAX_REQUEST_TIMEOUT_MS
+from chattune.serving.gateway.config import AZURE_REQUEST_TIMEOUT_MS, MAX_REQUEST_TIMEOUT_MS
 from chattune.workspace import Workspace
 
 

@@ -1,7 +1,7 @@
 """Online endpoints as rows of the workspace database, and their rules (names, traffic,
 mirror traffic, keys). Deployments and instances are in `serving/deployments.py`.
 
-The supervisor (`serving/supervisor.py`) makes the processes follow these rows. Every change
+The supervisor (`serving/control/supervisor.py`) makes the processes follow these rows. Every change
 to an endpoint or one of its deployments bumps the endpoint's `updated_at` stamp (strictly
 increasing): the supervisor writes back the stamp it has applied, which is how the CLI knows
 a change is live.

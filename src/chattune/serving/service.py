@@ -1,17 +1,55 @@
-"""Endpoint and deployment operations shared by the CLI and the SDK: deploy a registered
-model version, invoke an endpoint with its key."""
+"""Endpoint and deployment operations, the one service the CLI and the SDK both call.
+
+Each change follows the same steps: write the rows (`endpoints.py`, `deployments.py`), which
+stamp the endpoint; make the stamp live (`control.lifecycle.apply`: signal the supervisor and
+wait for its acknowledgement); and, for a deployment, wait until it is ready. A change to a
+stopped endpoint is saved and applies at `chattune up` (`Applied.live` is False).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from chattune.errors import EndpointError
 from chattune.models.store import get_model
-from chattune.serving.deployments import Deployment, DeploymentSettings, create_deployment
-from chattune.serving.endpoints import get_endpoint
+from chattune.serving import deployments as rows
+from chattune.serving import endpoints as endpoint_rows
+from chattune.serving.control import lifecycle
+from chattune.serving.control.instances import free_port
+from chattune.serving.deployments import Deployment, DeploymentSettings
+from chattune.serving.endpoints import Endpoint, get_endpoint
+from chattune.serving.headers import DEPLOYMENT_HEADER
+from chattune.serving.loader import resolve_checkpoint
 from chattune.workspace import Workspace
+
+DEFAULT_WAIT_S = 900.0
+Progress = Callable[[Deployment], None]
+
+
+@dataclass(frozen=True)
+class Applied:
+    """Whether a change is live (the supervisor applied it) or saved for `chattune up`."""
+
+    live: bool
+
+    @property
+    def note(self) -> str:
+        if self.live:
+            return "live"
+        return "saved; the endpoint is stopped: `chattune up` starts it with this change"
+
+
+def apply(ws: Workspace, endpoint: str, stamp: float) -> Applied:
+    """Make the change that wrote `stamp` live, if the endpoint runs.
+
+    Raises:
+        EndpointError: the supervisor died or did not acknowledge in time.
+    """
+    return Applied(lifecycle.apply(ws, endpoint, stamp))
 
 
 def parse_model_ref(ref: str) -> tuple[str, str | None]:
@@ -32,7 +70,7 @@ def parse_model_ref(ref: str) -> tuple[str, str | None]:
     return name, version
 
 
-def deploy(
+def create_deployment(
     ws: Workspace,
     endpoint: str,
     name: str,
@@ -42,9 +80,152 @@ def deploy(
     instance_count: int = 1,
     instance_type: str = "local",
     lora_only: bool = False,
+    wait: bool = True,
+    timeout_s: float = DEFAULT_WAIT_S,
+    on_progress: Progress | None = None,
+) -> tuple[Deployment, Applied]:
+    """Deploy a registered model version under `endpoint` (0% traffic), make it live and,
+    with `wait` on a running endpoint, wait until it is ready.
+
+    Args:
+        model_ref: `NAME:VERSION`, `azureml:NAME:VERSION` or `NAME@latest`.
+        lora_only: serve the version's LoRA adapter on a base shared with the endpoint's
+            other LoRA-only deployments of that base.
+        on_progress: called with the deployment's row while waiting.
+
+    Returns:
+        The deployment (ready, when waited for) and whether the change is live.
+
+    Raises:
+        ModelNotFound: no such model version.
+        EndpointError: the version has no weights, `lora_only` on a full model, a bad name.
+        DeploymentFailed: it failed or did not get ready in `timeout_s`.
+    """
+    dep, stamp = _record(
+        ws, endpoint, name, model_ref, settings, instance_count, instance_type, lora_only
+    )
+    return _settle(ws, endpoint, dep, stamp, wait, timeout_s, on_progress)
+
+
+def update_deployment(
+    ws: Workspace,
+    endpoint: str,
+    name: str,
+    *,
+    instance_count: int | None = None,
+    settings: DeploymentSettings | None = None,
+    wait: bool = True,
+    timeout_s: float = DEFAULT_WAIT_S,
+    on_progress: Progress | None = None,
+) -> tuple[Deployment, Applied]:
+    """Change a deployment's instance count and/or settings (its instances are replaced),
+    make it live and, with `wait` on a running endpoint, wait until it is ready again.
+
+    Raises:
+        DeploymentNotFound, EndpointError, DeploymentFailed.
+    """
+    stamp = rows.update_deployment(
+        ws, endpoint, name, instance_count=instance_count, settings=settings
+    )
+    dep = rows.get_deployment(ws, endpoint, name)
+    return _settle(ws, endpoint, dep, stamp, wait, timeout_s, on_progress)
+
+
+def delete_deployment(ws: Workspace, endpoint: str, name: str) -> Applied:
+    """Delete a deployment (refused while it has live traffic) and make that live.
+
+    Raises:
+        DeploymentNotFound, EndpointError.
+    """
+    return apply(ws, endpoint, rows.delete_deployment(ws, endpoint, name))
+
+
+def create_endpoint(
+    ws: Workspace,
+    name: str,
+    *,
+    auth_mode: str = "key",
+    description: str = "",
+    tags: dict[str, str] | None = None,
+) -> Endpoint:
+    """Create endpoint `name` (two keys, a free port) and start its supervisor; returns once
+    its gateway answers. A failed start leaves no row behind.
+
+    Raises:
+        EndpointError: a bad name or auth mode, or the supervisor did not start.
+    """
+    endpoint_rows.create_endpoint(
+        ws, name, port=free_port(), auth_mode=auth_mode, description=description, tags=tags
+    )
+    try:
+        lifecycle.spawn_supervisor(ws, name)
+        return lifecycle.wait_running(ws, name)
+    except BaseException:
+        lifecycle.stop_endpoint(ws, name)
+        endpoint_rows.delete_endpoint_rows(ws, name)
+        raise
+
+
+def update_traffic(
+    ws: Workspace,
+    name: str,
+    traffic: dict[str, int] | None = None,
+    mirror_traffic: dict[str, int] | None = None,
+) -> Applied:
+    """Replace the live and/or mirror traffic of endpoint `name` and make it live.
+
+    Raises:
+        EndpointNotFound, EndpointError: unknown endpoint, or traffic that breaks the rules.
+    """
+    return apply(ws, name, endpoint_rows.update_traffic(ws, name, traffic, mirror_traffic))
+
+
+def regenerate_key(ws: Workspace, name: str, key_type: str) -> Applied:
+    """Replace the primary or secondary key; the old one is refused once this returns live.
+
+    Raises:
+        EndpointNotFound, EndpointError.
+    """
+    return apply(ws, name, endpoint_rows.regenerate_key(ws, name, key_type))
+
+
+def delete_endpoint(ws: Workspace, name: str) -> None:
+    """Stop every process of endpoint `name`, free its ports, remove it and its deployments.
+
+    Raises:
+        EndpointNotFound, EndpointError.
+    """
+    get_endpoint(ws, name)
+    lifecycle.delete_endpoint(ws, name)
+
+
+def _settle(
+    ws: Workspace,
+    endpoint: str,
+    dep: Deployment,
+    stamp: float,
+    wait: bool,
+    timeout_s: float,
+    on_progress: Progress | None,
+) -> tuple[Deployment, Applied]:
+    applied = apply(ws, endpoint, stamp)
+    if wait and applied.live:
+        dep = lifecycle.wait_deployment(ws, endpoint, dep.name, timeout_s, on_progress)
+    return dep, applied
+
+
+def _record(
+    ws: Workspace,
+    endpoint: str,
+    name: str,
+    model_ref: str,
+    settings: DeploymentSettings,
+    instance_count: int,
+    instance_type: str,
+    lora_only: bool,
 ) -> tuple[Deployment, float]:
     """Record deployment `name` of a model version under `endpoint` (0% traffic); returns it
-    and the endpoint stamp to apply (`control.apply`).
+    and the endpoint stamp to apply.
 
     Raises:
         ModelNotFound: no such model version.
@@ -59,8 +240,6 @@ def deploy(
             "(chattune model import), then deploy that version.",
         )
     if lora_only:
-        from chattune.serving.loader import resolve_checkpoint
-
         ckpt = resolve_checkpoint(Path(mv.path))
         if ckpt.adapter_dir is None:
             raise EndpointError(
@@ -72,7 +251,7 @@ def deploy(
         settings = settings.model_copy(
             update={"lora_only": True, "base_id": ckpt.base_id, "group": f"lora-{ckpt.base_id[:8]}"}
         )
-    return create_deployment(
+    return rows.create_deployment(
         ws,
         endpoint,
         name,
@@ -93,7 +272,7 @@ def invoke(
     timeout_s: float = 300.0,
 ) -> httpx.Response:
     """POST `body` to the endpoint's `/score` with its primary key (and the
-    `azureml-model-deployment` header when `deployment` is given).
+    `DEPLOYMENT_HEADER` when `deployment` is given).
 
     Raises:
         EndpointNotFound: no such endpoint.
@@ -102,7 +281,7 @@ def invoke(
     ep = get_endpoint(ws, endpoint)
     headers = {"Authorization": f"Bearer {ep.primary_key}", "Content-Type": "application/json"}
     if deployment:
-        headers["azureml-model-deployment"] = deployment
+        headers[DEPLOYMENT_HEADER] = deployment
     try:
         return httpx.post(
             ep.scoring_uri, content=body, headers=headers, timeout=timeout_s, trust_env=False

@@ -17,7 +17,16 @@ from chattune.aml.entities import (
 )
 from chattune.aml.exceptions import HttpResponseError, ValidationException
 from chattune.aml.operations._errors import azure_errors
-from chattune.errors import EndpointNotFound
+from chattune.errors import DeploymentNotFound, EndpointNotFound
+from chattune.serving import service
+from chattune.serving.control.lifecycle import supervisor_not_running
+from chattune.serving.deployments import (
+    DeploymentSettings,
+    get_deployment,
+    list_deployments,
+    validate_settings,
+)
+from chattune.serving.endpoints import endpoint_dir, get_endpoint, list_endpoints
 from chattune.workspace import Workspace
 
 DEPLOY_TIMEOUT_S = 1800.0
@@ -57,8 +66,6 @@ def _deployment_entity(dep: Any) -> ManagedOnlineDeployment:
 
 
 def _settings(d: ManagedOnlineDeployment, base: Any = None) -> Any:
-    from chattune.serving.deployments import DeploymentSettings, validate_settings
-
     values = (base or DeploymentSettings()).model_dump()
     if d.request_settings is not None:
         values["request_timeout_ms"] = d.request_settings.request_timeout_ms
@@ -79,14 +86,11 @@ class OnlineEndpointOperations:
         self._ws = ws
 
     def _create_or_update(self, endpoint: ManagedOnlineEndpoint) -> ManagedOnlineEndpoint:
-        from chattune.serving import control
-        from chattune.serving.endpoints import get_endpoint, update_traffic
-
         with azure_errors():
             try:
                 ep = get_endpoint(self._ws, endpoint.name)
             except EndpointNotFound:
-                ep = control.start_endpoint(
+                ep = service.create_endpoint(
                     self._ws,
                     endpoint.name,
                     auth_mode=endpoint.auth_mode,
@@ -94,13 +98,12 @@ class OnlineEndpointOperations:
                     tags=dict(endpoint.tags),
                 )
             if endpoint.traffic != ep.traffic or endpoint.mirror_traffic != ep.mirror_traffic:
-                stamp = update_traffic(
+                service.update_traffic(
                     self._ws,
                     endpoint.name,
                     traffic=dict(endpoint.traffic),
                     mirror_traffic=dict(endpoint.mirror_traffic),
                 )
-                control.apply(self._ws, endpoint.name, stamp)
             return _endpoint_entity(get_endpoint(self._ws, endpoint.name))
 
     def begin_create_or_update(
@@ -111,20 +114,14 @@ class OnlineEndpointOperations:
         return LROPoller(lambda: self._create_or_update(endpoint), "endpoint-create")
 
     def get(self, name: str) -> ManagedOnlineEndpoint:
-        from chattune.serving.endpoints import get_endpoint
-
         with azure_errors():
             return _endpoint_entity(get_endpoint(self._ws, name))
 
     def list(self, **_kw: Any) -> list[ManagedOnlineEndpoint]:
-        from chattune.serving.endpoints import list_endpoints
-
         return [_endpoint_entity(e) for e in list_endpoints(self._ws)]
 
     def get_keys(self, name: str) -> EndpointAuthKeys:
         """The endpoint's primary and secondary keys."""
-        from chattune.serving.endpoints import get_endpoint
-
         with azure_errors():
             ep = get_endpoint(self._ws, name)
         return EndpointAuthKeys(primary_key=ep.primary_key, secondary_key=ep.secondary_key)
@@ -133,12 +130,10 @@ class OnlineEndpointOperations:
         self, name: str, *, key_type: str = "primary", **_kw: Any
     ) -> LROPoller[None]:
         """Replace one key; the old one is refused once the poller is done."""
-        from chattune.serving import control
-        from chattune.serving.endpoints import regenerate_key
 
         def work() -> None:
             with azure_errors():
-                control.apply(self._ws, name, regenerate_key(self._ws, name, key_type))
+                service.regenerate_key(self._ws, name, key_type)
 
         return LROPoller(work, "regenerate-keys")
 
@@ -154,8 +149,6 @@ class OnlineEndpointOperations:
         Raises:
             HttpResponseError: the endpoint answered with an error status (its message).
         """
-        from chattune.serving.service import invoke
-
         if request_file is None:
             raise ValidationException("invoke needs request_file.", fix="pass request_file=PATH.")
         path = Path(request_file)
@@ -164,7 +157,9 @@ class OnlineEndpointOperations:
                 f"request file {path} does not exist.", fix="write the JSON request first."
             )
         with azure_errors():
-            r = invoke(self._ws, endpoint_name, path.read_bytes(), deployment=deployment_name)
+            r = service.invoke(
+                self._ws, endpoint_name, path.read_bytes(), deployment=deployment_name
+            )
         if r.is_error:
             raise HttpResponseError(
                 f"endpoint {endpoint_name!r} answered {r.status_code}: {r.text}",
@@ -174,11 +169,10 @@ class OnlineEndpointOperations:
 
     def begin_delete(self, name: str, **_kw: Any) -> LROPoller[None]:
         """Stop every process of the endpoint and remove it."""
-        from chattune.serving import control
 
         def work() -> None:
             with azure_errors():
-                control.delete_endpoint(self._ws, name)
+                service.delete_endpoint(self._ws, name)
 
         return LROPoller(work, "endpoint-delete")
 
@@ -190,11 +184,6 @@ class OnlineDeploymentOperations:
         self._ws = ws
 
     def _create_or_update(self, d: ManagedOnlineDeployment) -> ManagedOnlineDeployment:
-        from chattune.errors import DeploymentNotFound
-        from chattune.serving import control
-        from chattune.serving.deployments import get_deployment, update_deployment
-        from chattune.serving.service import deploy
-
         if not d.endpoint_name or d.model is None:
             raise ValidationException(
                 "a ManagedOnlineDeployment needs endpoint_name and model.",
@@ -206,7 +195,7 @@ class OnlineDeploymentOperations:
             except DeploymentNotFound:
                 current = None
             if current is None:
-                _, stamp = deploy(
+                dep, applied = service.create_deployment(
                     self._ws,
                     d.endpoint_name,
                     d.name,
@@ -214,17 +203,19 @@ class OnlineDeploymentOperations:
                     _settings(d),
                     instance_count=d.instance_count,
                     instance_type=d.instance_type or "local",
+                    timeout_s=DEPLOY_TIMEOUT_S,
                 )
             else:
-                stamp = update_deployment(
+                dep, applied = service.update_deployment(
                     self._ws,
                     d.endpoint_name,
                     d.name,
                     instance_count=d.instance_count,
                     settings=_settings(d, current.settings),
+                    timeout_s=DEPLOY_TIMEOUT_S,
                 )
-            control.apply(self._ws, d.endpoint_name, stamp)
-            dep = control.wait_deployment(self._ws, d.endpoint_name, d.name, DEPLOY_TIMEOUT_S)
+            if not applied.live:  # the poller's result is a ready deployment, or an error
+                raise supervisor_not_running(d.endpoint_name, d.name)
         return _deployment_entity(dep)
 
     def begin_create_or_update(
@@ -238,14 +229,10 @@ class OnlineDeploymentOperations:
         return LROPoller(lambda: self._create_or_update(deployment), "deployment-create")
 
     def get(self, name: str, endpoint_name: str, **_kw: Any) -> ManagedOnlineDeployment:
-        from chattune.serving.deployments import get_deployment
-
         with azure_errors():
             return _deployment_entity(get_deployment(self._ws, endpoint_name, name))
 
     def list(self, endpoint_name: str, **_kw: Any) -> list[ManagedOnlineDeployment]:
-        from chattune.serving.deployments import list_deployments
-
         with azure_errors():
             return [_deployment_entity(d) for d in list_deployments(self._ws, endpoint_name)]
 
@@ -253,9 +240,6 @@ class OnlineDeploymentOperations:
         self, name: str, endpoint_name: str, lines: int = 100, instance: int = 0, **_kw: Any
     ) -> str:
         """The last `lines` lines of an instance's log."""
-        from chattune.serving.deployments import get_deployment
-        from chattune.serving.endpoints import endpoint_dir
-
         with azure_errors():
             dep = get_deployment(self._ws, endpoint_name, name)
         path = endpoint_dir(self._ws, endpoint_name) / dep.group / f"instance-{instance}.log"
@@ -264,13 +248,8 @@ class OnlineDeploymentOperations:
         return "".join(path.read_text(errors="replace").splitlines(keepends=True)[-lines:])
 
     def begin_delete(self, name: str, endpoint_name: str, **_kw: Any) -> LROPoller[None]:
-        from chattune.serving import control
-        from chattune.serving.deployments import delete_deployment
-
         def work() -> None:
             with azure_errors():
-                control.apply(
-                    self._ws, endpoint_name, delete_deployment(self._ws, endpoint_name, name)
-                )
+                service.delete_deployment(self._ws, endpoint_name, name)
 
         return LROPoller(work, "deployment-delete")

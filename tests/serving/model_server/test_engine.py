@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from chattune.errors import ChattuneError, InvalidParameter
-from chattune.serving.chat import ChatPrompter, Detokenizer
-from chattune.serving.engine import Engine, SamplingParams, sample_next
 from chattune.serving.loader import load_model, load_tokenizer, resolve_checkpoint
+from chattune.serving.model_server.chat import ChatPrompter, Detokenizer
+from chattune.serving.model_server.engine import Engine, SamplingParams, sample_next
 
 QUESTIONS = [
     "Hello",

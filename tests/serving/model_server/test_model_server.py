@@ -15,7 +15,7 @@ import httpx
 import pytest
 import torch
 
-from chattune.serving.chat import ChatPrompter
+from chattune.serving.model_server.chat import ChatPrompter
 from tests.serving.conftest import ServerProc, start_model_server
 
 pytestmark = pytest.mark.integration
@@ -261,7 +261,8 @@ def test_adapter_header_routes_to_the_adapter(server, llama_adapters):
 
 
 def test_a_crashing_request_is_a_500_and_the_server_goes_on(chatty_llama_dir, monkeypatch):
-    from chattune.serving.model_server import create_app, load_engine
+    from chattune.serving.model_server.app import create_app
+    from chattune.serving.model_server.loading import load_engine
 
     engine, _ = load_engine(chatty_llama_dir, {}, 4)
     real, calls = engine._forward, {"n": 0}

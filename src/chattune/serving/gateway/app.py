@@ -3,8 +3,8 @@
 An ASGI app (FastAPI) that the supervisor runs with uvicorn on the endpoint's port, in front
 of the model-server instances of the endpoint's deployments. Laid out the
 fastapi-best-practices way: the dependencies `valid_key` → `route_deployment` validate and
-load, one service (`Forwarder`, in `forwarder.py`) forwards, and every error is an
-`HTTPProblem` mapped once by `install_error_handlers`.
+load (`auth.valid_key`: the key), one service (`Forwarder`, in `forwarder.py`) forwards, and
+every error is a `chattune.errors` domain error mapped once by `http_errors`.
 
     gateway = create_gateway(config)
     uvicorn.run(gateway.app, port=port)   # the supervisor calls gateway.update(new) as
@@ -14,28 +14,28 @@ load, one service (`Forwarder`, in `forwarder.py`) forwards, and every error is 
 from __future__ import annotations
 
 import random
-import secrets
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from chattune.serving import gateway_openapi as docs
-from chattune.serving.errors import HTTPProblem, install_error_handlers
-from chattune.serving.forwarder import Forwarder
-from chattune.serving.gateway_config import GatewayConfig, key_digest
-from chattune.serving.routing import (
-    DEPLOYMENT_HEADER,
+from chattune.errors import RequestTooLarge, ServiceUnavailable
+from chattune.serving.gateway import openapi as docs
+from chattune.serving.gateway.auth import valid_key
+from chattune.serving.gateway.config import GatewayConfig, current_config
+from chattune.serving.gateway.forwarder import Forwarder
+from chattune.serving.gateway.routing import (
     RETRY_AFTER_STARTING_S,
     InFlight,
     Route,
     check_serving,
     choose_route,
 )
+from chattune.serving.headers import DEPLOYMENT_HEADER
+from chattune.serving.http_errors import install_error_handlers
+from chattune.serving.model_server.schemas import ModelList, ReadyReply, StatusReply
 
 
 class Gateway:
@@ -83,50 +83,9 @@ def create_gateway(config: GatewayConfig, *, rng: random.Random | None = None) -
 # All `async def`: they run on the event loop, where the in-flight counts live, instead of
 # hopping to FastAPI's thread pool as plain `def` dependencies would.
 
-_bearer = HTTPBearer(auto_error=False, description="the endpoint's primary or secondary key")
-
 
 def _gateway(request: Request) -> Gateway:
     return request.app.state.gateway
-
-
-async def current_config(request: Request) -> GatewayConfig:
-    """The config snapshot this request runs on (FastAPI caches it once per request)."""
-    return _gateway(request).config
-
-
-async def valid_key(
-    request: Request,
-    credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
-    config: GatewayConfig = Depends(current_config),
-) -> None:
-    """Accept the request only with `Authorization: Bearer <key>` of the endpoint.
-
-    The scheme is case-insensitive, the key is not. The key's digest is compared with every
-    stored digest in constant time and without stopping at the first match, so the timing
-    tells nothing about which key (or how much of one) matched.
-
-    Raises:
-        HTTPProblem: 401 with `WWW-Authenticate: Bearer` when the key is missing or wrong.
-    """
-    given = key_digest(credentials.credentials) if credentials else None
-    matched = False
-    for digest in config.key_digests:
-        matched |= secrets.compare_digest(given or b"", digest)
-    if given is not None and matched:
-        return
-    if "authorization" not in request.headers:
-        what = "no key was sent"
-    elif credentials is None:
-        what = "the Authorization header is not `Bearer <key>`"
-    else:
-        what = f"the key is not a key of endpoint '{config.endpoint}'"
-    raise HTTPProblem(
-        401,
-        f"{what}. Fix: send `Authorization: Bearer <key>` with the endpoint's primary or "
-        f"secondary key (`chattune endpoint get-keys {config.endpoint}`).",
-        headers={"WWW-Authenticate": "Bearer"},
-    )
 
 
 async def route_deployment(
@@ -137,7 +96,9 @@ async def route_deployment(
     """Pick the deployment (header or traffic split) and check that it can answer now.
 
     Raises:
-        HTTPProblem: 404 unknown deployment or no traffic; 424 deployment failed; 503 starting.
+        RouteNotFound: unknown deployment or no traffic (404).
+        UpstreamFailed: the deployment failed (424).
+        ServiceUnavailable: it is starting (503).
     """
     route = choose_route(config, request.headers.get(DEPLOYMENT_HEADER), _gateway(request).rng)
     check_serving(route.target)
@@ -153,7 +114,7 @@ async def limited_body(
     Content-Length first, then by counting while reading (chunked bodies declare none).
 
     Raises:
-        HTTPProblem: 413.
+        RequestTooLarge: over the limit (413).
     """
     limit = config.max_body_bytes
     declared = request.headers.get("content-length", "")
@@ -168,12 +129,11 @@ async def limited_body(
     return b"".join(parts)
 
 
-def _too_large(size: int, limit: int, *, at_least: bool = False) -> HTTPProblem:
+def _too_large(size: int, limit: int, *, at_least: bool = False) -> RequestTooLarge:
     more = "at least " if at_least else ""
-    return HTTPProblem(
-        413,
-        f"request body too large: {more}{size} bytes, the limit is {limit}. Fix: send fewer "
-        "or shorter messages in one request.",
+    return RequestTooLarge(
+        f"request body too large: {more}{size} bytes, the limit is {limit}.",
+        fix="send fewer or shorter messages in one request.",
     )
 
 
@@ -189,25 +149,24 @@ router = APIRouter(dependencies=[Depends(valid_key)])
 
 
 @open_router.get("/health", summary="The gateway is alive")
-async def health() -> dict[str, str]:
-    return {"status": "ok"}
+async def health() -> StatusReply:
+    return StatusReply(status="ok")
 
 
 @open_router.get("/ready", summary="Some deployment with traffic has a ready instance")
-async def ready(config: GatewayConfig = Depends(current_config)) -> dict[str, Any]:
+async def ready(config: GatewayConfig = Depends(current_config)) -> ReadyReply:
     serving = [
         name
         for name, pct in config.traffic.items()
         if pct > 0 and name in config.deployments and config.deployments[name].instances
     ]
     if not serving:
-        raise HTTPProblem(
-            503,
+        raise ServiceUnavailable(
             f"endpoint '{config.endpoint}' is not ready: no deployment with traffic has a "
             "ready instance yet.",
-            headers={"Retry-After": str(RETRY_AFTER_STARTING_S)},
+            retry_after_s=RETRY_AFTER_STARTING_S,
         )
-    return {"status": "ready", "deployments": serving}
+    return ReadyReply(status="ready", deployments=serving)
 
 
 @router.post("/score", tags=["scoring"], openapi_extra=docs.SCORE, responses=docs.ERRORS)
@@ -235,15 +194,9 @@ async def chat_completions(
 
 
 @router.get("/v1/models", tags=["openai"], responses=docs.MODELS)
-async def models(config: GatewayConfig = Depends(current_config)) -> dict[str, Any]:
+async def models(config: GatewayConfig = Depends(current_config)) -> ModelList:
     """One model per deployment of the endpoint (its name is the deployment name)."""
-    return {
-        "object": "list",
-        "data": [
-            {"id": name, "object": "model", "created": 0, "owned_by": config.endpoint}
-            for name in sorted(config.deployments)
-        ],
-    }
+    return ModelList.of(sorted(config.deployments), owned_by=config.endpoint)
 
 
 @router.get("/openapi.json", include_in_schema=False)

@@ -47,17 +47,17 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from chattune.errors import ChattuneError, InvalidParameter
-from chattune.serving.chat import (
+from chattune.errors import ChattuneError, EngineError, InvalidParameter, ServiceUnavailable
+from chattune.serving.loader import BASE_ADAPTER
+from chattune.serving.model_server.chat import (
     Detokenizer,
     StopMatcher,
     model_context_length,
     stop_token_ids,
 )
-from chattune.serving.loader import BASE_ADAPTER
 
-if TYPE_CHECKING:  # transformers is imported by the engine thread, not by `protocol`'s users
-    from chattune.serving.kvcache import BatchCache
+if TYPE_CHECKING:  # transformers is imported by the engine thread, not by `schemas`' users
+    from chattune.serving.model_server.kvcache import BatchCache
 
 log = logging.getLogger("chattune.serving")
 
@@ -65,10 +65,6 @@ log = logging.getLogger("chattune.serving")
 # Most rows decoded together. With 16, half of 32 concurrent requests queued (BENCHMARKS.md,
 # T2 sweep: time to first token 16 s); the KV cache grows only with the live rows.
 DEFAULT_MAX_BATCH = 32
-
-
-class EngineError(ChattuneError):
-    """Generation failed inside the engine (the request's, not the server's, failure)."""
 
 
 @dataclass(frozen=True)
@@ -106,8 +102,8 @@ class Handle:
 
     Iterate with `for` (no event loop) or `async for` (submitted from inside a loop).
     After the iteration: `finish_reason` ("stop" | "length" | "cancelled"), `prompt_tokens`,
-    `completion_tokens`, `token_ids` (eos included). An engine failure raises `EngineError`
-    from the iteration.
+    `completion_tokens`, `token_ids` (eos included). A domain error (`ChattuneError`) on the
+    engine thread is raised from the iteration as it is; any other failure as `EngineError`.
     """
 
     _ids = itertools.count(1)
@@ -155,6 +151,8 @@ class Handle:
         if kind == _TEXT:
             return value
         if kind == _ERROR:
+            if isinstance(value, ChattuneError):
+                raise value  # a domain error keeps its class (and so its status code)
             raise EngineError(f"generation failed: {type(value).__name__}: {value}") from value
         return None
 
@@ -294,7 +292,7 @@ class Engine:
         adapters: the LoRA adapter names loaded in `model`.
         default_adapter: used when a request names none (None: the base model).
         eos_ids: token ids that end an answer; default: the model's eos ids and the chat
-            template's end-of-turn token (see `chattune.serving.chat.stop_token_ids`).
+            template's end-of-turn token (see `chattune.serving.model_server.chat.stop_token_ids`).
         max_batch_size: most rows decoded together; later requests wait in the queue.
         context_length: prompt + answer limit in tokens (default: the model's).
         kv_cache: "preallocated" (`kvcache.BatchCache`, a step writes in place) or "concat"
@@ -335,7 +333,7 @@ class Engine:
             eos_ids = stop_token_ids(model, tokenizer)
         self.eos_ids = frozenset(eos_ids)
         self.max_batch_size = max_batch_size
-        from chattune.serving.kvcache import KV_CACHES
+        from chattune.serving.model_server.kvcache import KV_CACHES
 
         if kv_cache not in KV_CACHES:
             raise InvalidParameter(
@@ -409,7 +407,10 @@ class Engine:
         )
         with self._cv:
             if self._stopping:
-                raise EngineError("the engine is stopped.")
+                raise ServiceUnavailable(
+                    "the engine is stopped (the server is shutting down).",
+                    fix="retry: the gateway sends the request to another instance.",
+                )
             self._stats.requests += 1
             self._pending.append(row)
             self._cv.notify()

@@ -1,10 +1,11 @@
 """The gateway's one service: forward a routed request to a model-server instance.
 
-Sends over one shared `httpx.AsyncClient` with each request's deadline
-(`request_timeout_ms`), relays server-sent-event streams as they arrive, sends the mirror
-copy in the background, and turns upstream failures into the status codes of DESIGN.md:
-408 past the deadline, 424 when the model server failed (refused, died, or answered 5xx);
-upstream 4xx pass through unchanged.
+Sends over one shared `httpx.AsyncClient` within each request's deadline
+(`request_timeout_ms`, enforced by `lifetime`), relays server-sent-event streams as they
+arrive, sends the mirror copy in the background, and turns upstream failures into the domain
+errors of DESIGN.md: `RequestTimeout` (408) past the deadline, `UpstreamFailed` (424) when
+the model server failed (refused, died, or answered 5xx); upstream 4xx pass through
+unchanged.
 """
 
 from __future__ import annotations
@@ -13,25 +14,27 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 import httpx
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from chattune.serving.errors import HTTPProblem, envelope
-from chattune.serving.gateway_config import MAX_REQUEST_TIMEOUT_MS, DeploymentTarget
-from chattune.serving.routing import DEPLOYMENT_HEADER, InFlight, Route, Slot, check_serving
+from chattune.errors import ChattuneError, RequestTimeout, UpstreamFailed
+from chattune.serving.gateway.config import MAX_REQUEST_TIMEOUT_MS, DeploymentTarget
+from chattune.serving.gateway.routing import InFlight, Route, Slot, check_serving
+from chattune.serving.headers import (
+    ADAPTER_HEADER,
+    DEPLOYMENT_HEADER,
+    REQUEST_ID_HEADER,
+)
+from chattune.serving.http_errors import envelope_of
+from chattune.serving.lifetime import Deadline, stream_within, within
 
 log = logging.getLogger("chattune.serving.gateway")
 
-TIMEOUT_HEADER = "x-chattune-timeout-ms"  # the time budget left, for the model server
-ADAPTER_HEADER = "x-chattune-adapter"  # the LoRA adapter of a --lora-only deployment
-REQUEST_ID_HEADER = "x-request-id"
-T = TypeVar("T")
 _PASSED_UP = ("content-type", "accept")  # client headers the model server may need; never auth
 
 
@@ -86,30 +89,30 @@ class Forwarder:
         """Answer the client's request from the routed deployment (and mirror a copy).
 
         Raises:
-            HTTPProblem: 429 over the in-flight limit; 408 past the deployment's
-                `request_timeout_ms`; 424 when the model server failed.
+            TooManyRequests: over the in-flight limit (429).
+            RequestTimeout: past the deployment's `request_timeout_ms` (408).
+            UpstreamFailed: the model server failed (424).
+            ClientDisconnected: the client left first; the upstream request was closed.
         """
         target = route.target
         slot: Slot | None = self.in_flight.reserve(target)
         out = Outgoing.of(request, body, uuid.uuid4().hex)
         if route.mirror is not None:
             self._start_mirror(route.mirror, out)
-        deadline = _deadline(target.request_timeout_ms)
+        deadline = Deadline.after_ms(target.request_timeout_ms)
         headers = {
             DEPLOYMENT_HEADER: target.name,
             REQUEST_ID_HEADER: out.headers[REQUEST_ID_HEADER],
         }
         try:
             exchange = self._exchange(slot, out, deadline)
-            upstream, content = await _unless_client_leaves(request, exchange)
+            upstream, content = await within(request, exchange, deadline, _timed_out(target))
             if content is None:
                 media = upstream.headers["content-type"]
                 relay = RelayResponse(upstream, slot, deadline, headers=headers, media_type=media)
                 slot = None  # the relay owns it now: it frees it when the stream ends
                 return relay
             return _answer(target.name, upstream, content, headers)
-        except TimeoutError:
-            raise _timed_out(target.name, target.request_timeout_ms) from None
         except httpx.TransportError as exc:
             raise _failed(target.name, exc) from None
         finally:
@@ -117,10 +120,11 @@ class Forwarder:
                 slot.release()
 
     async def _exchange(
-        self, slot: Slot, out: Outgoing, deadline: float
+        self, slot: Slot, out: Outgoing, deadline: Deadline
     ) -> tuple[httpx.Response, bytes | None]:
         """The upstream response and its body; for an event stream, the open response and
-        None (the body is relayed as it comes)."""
+        None (the body is relayed as it comes). The caller bounds it by the deadline:
+        cancelling it closes the connection, which is what tells the model server to stop."""
         upstream = await self._send(slot, out, deadline)
         log.info(
             "%s %s %s -> %s %s %d",
@@ -135,27 +139,23 @@ class Forwarder:
         if upstream.is_success and media.startswith("text/event-stream"):
             return upstream, None
         try:
-            async with asyncio.timeout_at(deadline):
-                return upstream, await upstream.aread()
+            return upstream, await upstream.aread()
         finally:
             await upstream.aclose()
 
-    async def _send(self, slot: Slot, out: Outgoing, deadline: float) -> httpx.Response:
+    async def _send(self, slot: Slot, out: Outgoing, deadline: Deadline) -> httpx.Response:
         """Send to the least busy instance; on connection refused (the request never got
         there, so retrying is safe) go on to the next one."""
         refused: httpx.ConnectError | None = None
         while (url := slot.next_instance()) is not None:
-            headers = {**out.headers, TIMEOUT_HEADER: str(_left_ms(deadline))}
+            headers = {**out.headers, **deadline.header()}
             if slot.target.adapter:
                 headers[ADAPTER_HEADER] = slot.target.adapter
             upstream = self.client.build_request(
                 out.method, url + out.path, headers=headers, content=out.body
             )
             try:
-                # Cancelling at the deadline closes the connection, which is what tells the
-                # model server to stop generating.
-                async with asyncio.timeout_at(deadline):
-                    return await self.client.send(upstream, stream=True)
+                return await self.client.send(upstream, stream=True)
             except httpx.ConnectError as exc:
                 log.warning("instance %s of deployment %s refused: %s", url, slot.target.name, exc)
                 refused = exc
@@ -171,20 +171,16 @@ class Forwarder:
         try:
             check_serving(shadow)
             slot = self.in_flight.reserve(shadow)
-        except HTTPProblem as exc:
+        except ChattuneError as exc:
             log.info("mirror copy to deployment %s skipped: %s", shadow.name, exc.message)
             return
         try:
-            deadline = _deadline(shadow.request_timeout_ms)
-            upstream = await self._send(slot, out, deadline)
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await upstream.aread()
-            finally:
-                await upstream.aclose()
+            deadline = Deadline.after_ms(shadow.request_timeout_ms)
+            async with deadline.limit():
+                upstream, _ = await self._exchange(slot, out, deadline)
             if upstream.status_code >= 400:
                 log.warning("mirror deployment %s answered %d", shadow.name, upstream.status_code)
-        except (TimeoutError, httpx.HTTPError, HTTPProblem) as exc:
+        except (TimeoutError, httpx.HTTPError, ChattuneError) as exc:
             log.warning("mirror copy to deployment %s failed: %s", shadow.name, exc)
         finally:
             slot.release()
@@ -203,7 +199,7 @@ class RelayResponse(StreamingResponse):
         self,
         upstream: httpx.Response,
         slot: Slot,
-        deadline: float,
+        deadline: Deadline,
         *,
         headers: dict[str, str],
         media_type: str,
@@ -224,15 +220,11 @@ class RelayResponse(StreamingResponse):
 
     async def _relay(self) -> AsyncGenerator[bytes, None]:
         target = self._slot.target
-        chunks: AsyncIterator[bytes] = self._upstream.aiter_bytes()
+        chunks = stream_within(self._upstream.aiter_bytes(), self._deadline, _timed_out(target))
         pending = b""
         try:
-            while True:
-                try:
-                    async with asyncio.timeout_at(self._deadline):
-                        pending += await anext(chunks)
-                except StopAsyncIteration:
-                    break
+            async for chunk in chunks:
+                pending += chunk
                 # Only whole events go out, so an error event never lands inside a cut one.
                 cut = _events_end(pending)
                 if cut:
@@ -240,41 +232,10 @@ class RelayResponse(StreamingResponse):
                     pending = pending[cut:]
             if pending:
                 yield pending
-        except TimeoutError:
-            yield _sse_error(_timed_out(target.name, target.request_timeout_ms))
+        except RequestTimeout as exc:
+            yield _sse_error(exc)
         except httpx.TransportError as exc:
             yield _sse_error(_failed(target.name, exc))
-
-
-async def _unless_client_leaves(request: Request, work: Coroutine[Any, Any, T]) -> T:
-    """Await `work`, cancelling it if the client disconnects first: cancelling closes the
-    upstream connection, so the model server stops generating an answer nobody will read.
-
-    Raises:
-        HTTPProblem: 499 (nginx's "client closed request"; nobody receives it) when the
-            client left.
-    """
-    task = asyncio.ensure_future(work)
-    left = asyncio.ensure_future(_disconnect(request))
-    try:
-        done, _ = await asyncio.wait({task, left}, return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:  # this request itself was cancelled (server shutting down)
-        task.cancel()
-        raise
-    finally:
-        left.cancel()
-    if task in done:
-        return task.result()
-    task.cancel()
-    await asyncio.wait({task})  # let its cleanup close the upstream connection
-    log.info("the client left before the answer; the upstream request was closed")
-    raise HTTPProblem(499, "the client closed the request before the answer was ready")
-
-
-async def _disconnect(request: Request) -> None:
-    """Return when the client disconnects (the body has been read whole already)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 def _events_end(buffer: bytes) -> int:
@@ -283,8 +244,8 @@ def _events_end(buffer: bytes) -> int:
     return max(ends, default=0)
 
 
-def _sse_error(problem: HTTPProblem) -> bytes:
-    data = json.dumps(envelope(problem.status, problem.message))
+def _sse_error(exc: ChattuneError) -> bytes:
+    data = json.dumps(envelope_of(exc))
     return f"event: error\ndata: {data}\n\n".encode()
 
 
@@ -294,11 +255,10 @@ def _answer(
     """The client's answer: success and 4xx as they came (4xx is the client's fault and
     the model server's envelope says why); 5xx becomes 424 carrying the upstream message."""
     if upstream.status_code >= 500:
-        raise HTTPProblem(
-            424,
+        raise UpstreamFailed(
             f"the model server failed: deployment '{name}' answered HTTP "
             f"{upstream.status_code}: {_upstream_message(upstream, content)}",
-            headers=headers,
+            deployment=name,
         )
     media = upstream.headers.get("content-type")
     return Response(content, status_code=upstream.status_code, headers=headers, media_type=media)
@@ -311,29 +271,21 @@ def _upstream_message(upstream: httpx.Response, content: bytes) -> str:
         return content.decode("utf-8", "replace")[:500] or upstream.reason_phrase
 
 
-def _failed(name: str, exc: Exception) -> HTTPProblem:
-    return HTTPProblem(
-        424,
+def _failed(name: str, exc: Exception) -> UpstreamFailed:
+    return UpstreamFailed(
         f"the model server failed: deployment '{name}' did not answer ({type(exc).__name__}: "
-        f"{exc or 'connection lost'}). Fix: see `chattune deployment logs`; the supervisor "
-        "restarts a dead instance.",
-        headers={DEPLOYMENT_HEADER: name},
+        f"{exc or 'connection lost'}).",
+        fix="see `chattune deployment logs`; the supervisor restarts a dead instance.",
+        deployment=name,
     )
 
 
-def _timed_out(name: str, timeout_ms: int) -> HTTPProblem:
-    return HTTPProblem(
-        408,
-        f"request timeout: deployment '{name}' did not answer within request_timeout_ms="
-        f"{timeout_ms}; the generation was stopped. Fix: ask for fewer tokens, or raise "
-        f"--request-timeout-ms (at most {MAX_REQUEST_TIMEOUT_MS}).",
-        headers={DEPLOYMENT_HEADER: name},
+def _timed_out(target: DeploymentTarget) -> Callable[[], RequestTimeout]:
+    """The error of a request to `target` that ran past its `request_timeout_ms`."""
+    return lambda: RequestTimeout(
+        f"request timeout: deployment '{target.name}' did not answer within "
+        f"request_timeout_ms={target.request_timeout_ms}; the generation was stopped.",
+        fix=f"ask for fewer tokens, or raise --request-timeout-ms (at most "
+        f"{MAX_REQUEST_TIMEOUT_MS}).",
+        deployment=target.name,
     )
-
-
-def _deadline(timeout_ms: int) -> float:
-    return asyncio.get_running_loop().time() + timeout_ms / 1000
-
-
-def _left_ms(deadline: float) -> int:
-    return max(1, int((deadline - asyncio.get_running_loop().time()) * 1000))

@@ -17,7 +17,7 @@ from chattune.models.card import builtin_cards
 from chattune.models.store import add_version
 from chattune.workspace import Workspace
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 FAST_PROBE = {
     "initial_delay": 0,
     "period": 0.2,
@@ -68,7 +68,7 @@ def kill_all(marker: str) -> None:
 def serving_ws(workspace: Workspace, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator:
     """The workspace, with instances run by the fake model server; every process whose
     command line names this test's tmp folder is SIGKILLed at the end."""
-    monkeypatch.setenv("CHATTUNE_MODEL_SERVER", "tests.serving.fake_model_server")
+    monkeypatch.setenv("CHATTUNE_MODEL_SERVER", "tests.serving.control.fake_model_server")
     monkeypatch.setenv(
         "PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     )

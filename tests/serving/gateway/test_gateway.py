@@ -2,7 +2,7 @@
 
 The gateway runs with uvicorn in a thread (so a test can `update` its config); each fake
 model server is a small FastAPI app in its own process (so it can really die mid-request);
-both come from `gateway_harness`.
+both come from `harness`.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from typing import Any
 import httpx
 import pytest
 
-from chattune.serving.forwarder import _events_end
-from chattune.serving.gateway import create_gateway
-from chattune.serving.gateway_config import DeploymentTarget, GatewayConfig, key_digest
-from chattune.serving.routing import InFlight
-from tests.serving.gateway_harness import (
+from chattune.serving.gateway.app import create_gateway
+from chattune.serving.gateway.auth import key_digest
+from chattune.serving.gateway.config import DeploymentTarget, GatewayConfig
+from chattune.serving.gateway.forwarder import _events_end
+from chattune.serving.gateway.routing import InFlight
+from tests.serving.gateway.harness import (
     PRIMARY,
     SAMPLE,
     SECONDARY,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from chattune.serving.kvcache import BatchCache, ConcatBatchCache
+from chattune.serving.model_server.kvcache import BatchCache, ConcatBatchCache
 
 
 def _prefill(n: int, layers: int = 2, heads: int = 3, dim: int = 4, seed: int = 0) -> DynamicCache:

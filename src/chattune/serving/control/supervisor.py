@@ -1,4 +1,4 @@
-"""The supervisor of one endpoint: `python -m chattune.serving.supervisor WS ENDPOINT`.
+"""The supervisor of one endpoint: `python -m chattune.serving.control.supervisor WS ENDPOINT`.
 
 One process per endpoint, detached from the CLI that started it. It serves the endpoint's
 gateway (in a thread, on the endpoint's port) and makes the model-server processes follow
@@ -11,7 +11,7 @@ applied to `ws/endpoints/<name>/supervisor.json`: the CLI waits for that stamp.
 
 SIGHUP: re-read the database now. SIGTERM: stop every instance and exit.
 
-The CLI side (start, signal and wait, stop) is `serving/control.py`.
+The CLI side (start, signal and wait, stop) is `serving/control/lifecycle.py`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import uvicorn
+
 from chattune.errors import ChattuneError
+from chattune.models.store import get_model
+from chattune.serving.control.engines import BuiltinModelServer, InstanceEngine
+from chattune.serving.control.instances import GroupSpec, Slot, failure_reason
+from chattune.serving.control.probes import Prober
 from chattune.serving.deployments import (
     Deployment,
     Instance,
@@ -38,11 +44,12 @@ from chattune.serving.deployments import (
     set_deployment_state,
 )
 from chattune.serving.endpoints import Endpoint, endpoint_dir, get_endpoint, set_endpoint_fields
-from chattune.serving.gateway_config import DeploymentTarget, GatewayConfig, key_digest
-from chattune.serving.instances import GroupSpec, Prober, Slot, failure_reason
+from chattune.serving.gateway.auth import key_digest
+from chattune.serving.gateway.config import DeploymentTarget, GatewayConfig
+from chattune.serving.loader import resolve_checkpoint
 from chattune.workspace import Workspace
 
-GATEWAY_FACTORY = "chattune.serving.gateway:create_gateway"  # `CHATTUNE_GATEWAY` overrides
+GATEWAY_FACTORY = "chattune.serving.gateway.app:create_gateway"  # `CHATTUNE_GATEWAY` overrides
 TICK_S = 0.05  # the loop's period: process exits and probe results are seen this fast
 POLL_DB_S = 1.0  # re-read the database this often even without SIGHUP
 MAX_START_CRASHES = 3  # exits before ever being ready, in a row: the deployment failed
@@ -73,8 +80,6 @@ class Group:
 
 def plan_groups(ws: Workspace, deployments: list[Deployment]) -> dict[str, Group]:
     """Which process groups the deployments need, and what each runs."""
-    from chattune.models.store import get_model
-
     groups: dict[str, Group] = {}
     for dep in deployments:
         s = dep.settings
@@ -120,8 +125,6 @@ _resolved: dict[str, Any] = {}
 def _resolve(path: str) -> Any:
     """`loader.resolve_checkpoint`, once per path (it hashes the base weights)."""
     if path not in _resolved:
-        from chattune.serving.loader import resolve_checkpoint
-
         _resolved[path] = resolve_checkpoint(Path(path))
     return _resolved[path]
 
@@ -129,8 +132,9 @@ def _resolve(path: str) -> Any:
 class Supervisor:
     """Reconciles one endpoint's processes with the database; see the module docstring."""
 
-    def __init__(self, ws: Workspace, endpoint: str) -> None:
+    def __init__(self, ws: Workspace, endpoint: str, engine: InstanceEngine | None = None) -> None:
         self.ws, self.name = ws, endpoint
+        self.engine: InstanceEngine = engine or BuiltinModelServer.from_env()
         self.dir = endpoint_dir(ws, endpoint)
         self.slots: dict[tuple[str, int], Slot] = {}
         self.groups: dict[str, Group] = {}
@@ -194,8 +198,6 @@ class Supervisor:
         self.wake.set()
 
     def _start_gateway(self, ep: Endpoint) -> None:
-        import uvicorn
-
         module, _, func = os.environ.get("CHATTUNE_GATEWAY", GATEWAY_FACTORY).partition(":")
         self.gateway = getattr(importlib.import_module(module), func)(self._config(ep, {}))
         config = uvicorn.Config(
@@ -296,7 +298,7 @@ class Supervisor:
         # the CPU's cores, split between every instance of the endpoint
         instances = sum(g.count for g in self.groups.values()) or 1
         threads = max(1, (os.cpu_count() or 1) // instances)
-        slot.start(group.spec, group.liveness, group.readiness, threads)
+        slot.start(self.engine, group.spec, group.liveness, group.readiness, threads)
 
     def _on_liveness_failure(self, group: Group, slot: Slot) -> None:
         """Liveness failed `failure_threshold` times in a row: kill and restart (Azure)."""
@@ -438,10 +440,13 @@ def _write_status(path: Path, pid: int, port: int | None, applied: float) -> Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: `python -m chattune.serving.supervisor WS ENDPOINT`."""
+    """Entry point: `python -m chattune.serving.control.supervisor WS ENDPOINT`."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        print("usage: python -m chattune.serving.supervisor WORKSPACE ENDPOINT", file=sys.stderr)
+        print(
+            "usage: python -m chattune.serving.control.supervisor WORKSPACE ENDPOINT",
+            file=sys.stderr,
+        )
         return 2
     ws = Workspace.open(args[0])
     return Supervisor(ws, args[1]).run()

@@ -1,5 +1,6 @@
 """The CLI's side of the supervisor: start it detached, signal it and wait until a change is
 live, wait for deployments, stop and delete endpoints, bring every endpoint back (`up`).
+`serving/service.py` composes these with the row writes.
 
 A change is live when the supervisor's status file (`supervisor.json`) acknowledges an
 endpoint stamp at least as new as the one the change wrote: the CLI sends SIGHUP and waits
@@ -19,6 +20,8 @@ from collections.abc import Callable
 import httpx
 
 from chattune.errors import DeploymentFailed, EndpointError
+from chattune.serving.control.instances import port_free
+from chattune.serving.control.supervisor import status_path
 from chattune.serving.deployments import (
     Deployment,
     get_deployment,
@@ -27,15 +30,12 @@ from chattune.serving.deployments import (
 )
 from chattune.serving.endpoints import (
     Endpoint,
-    create_endpoint,
     delete_endpoint_rows,
     endpoint_dir,
     get_endpoint,
     list_endpoints,
     set_endpoint_fields,
 )
-from chattune.serving.instances import free_port, port_free
-from chattune.serving.supervisor import status_path
 from chattune.workspace import Workspace
 from chattune.workspace.processes import pid_alive, spawn_detached
 
@@ -56,7 +56,7 @@ def _log_tail(ws: Workspace, endpoint: str, n: int = 5) -> str:
 
 def spawn_supervisor(ws: Workspace, endpoint: str) -> int:
     """Start the supervisor of `endpoint` detached (own session: it outlives the CLI)."""
-    args = ["chattune.serving.supervisor", str(ws.root), endpoint]
+    args = ["chattune.serving.control.supervisor", str(ws.root), endpoint]
     pid = spawn_detached(args, log_path(ws, endpoint))
     set_endpoint_fields(ws, endpoint, bump=False, pid=pid, state="creating", error=None)
     return pid
@@ -133,28 +133,6 @@ def apply(ws: Workspace, endpoint: str, stamp: float, timeout_s: float = 60.0) -
     )
 
 
-def start_endpoint(
-    ws: Workspace,
-    name: str,
-    *,
-    auth_mode: str = "key",
-    description: str = "",
-    tags: dict[str, str] | None = None,
-) -> Endpoint:
-    """Create endpoint `name` on a free port and start its supervisor; returns once its
-    gateway answers. A failed start leaves no row behind."""
-    create_endpoint(
-        ws, name, port=free_port(), auth_mode=auth_mode, description=description, tags=tags
-    )
-    try:
-        spawn_supervisor(ws, name)
-        return wait_running(ws, name)
-    except BaseException:
-        stop_endpoint(ws, name)
-        delete_endpoint_rows(ws, name)
-        raise
-
-
 def wait_deployment(
     ws: Workspace,
     endpoint: str,
@@ -183,16 +161,21 @@ def wait_deployment(
             )
         ep = get_endpoint(ws, endpoint)
         if not pid_alive(ep.pid):
-            raise DeploymentFailed(
-                f"the supervisor of {endpoint!r} is not running, so {name!r} cannot start.",
-                fix="run `chattune up`.",
-            )
+            raise supervisor_not_running(endpoint, name)
         if time.monotonic() > deadline:
             raise DeploymentFailed(
                 f"deployment {name!r} was not ready after {timeout_s:.0f} s (state {dep.state}).",
                 fix="read its log with `chattune deployment logs`; raise the timeout.",
             )
         time.sleep(0.1)
+
+
+def supervisor_not_running(endpoint: str, name: str) -> DeploymentFailed:
+    """The error of waiting for deployment `name` of an endpoint that is stopped."""
+    return DeploymentFailed(
+        f"the supervisor of {endpoint!r} is not running, so {name!r} cannot start.",
+        fix="run `chattune up`.",
+    )
 
 
 def stop_endpoint(ws: Workspace, name: str, timeout_s: float = 30.0) -> None:

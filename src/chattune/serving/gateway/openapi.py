@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from chattune.serving.headers import DEPLOYMENT_HEADER
+
 DESCRIPTION = (
     "An online endpoint. Every route except `/health` and `/ready` needs "
-    "`Authorization: Bearer <key>`. The header `azureml-model-deployment: NAME` picks a "
+    f"`Authorization: Bearer <key>`. The header `{DEPLOYMENT_HEADER}: NAME` picks a "
     "deployment and bypasses the traffic split; every answer names the deployment that gave "
     "it in the same header."
 )
@@ -104,7 +106,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     for code, text in {
         400: "malformed or out-of-range input (from the model server)",
         401: "missing or wrong key",
-        404: "no deployment with traffic, or an unknown azureml-model-deployment",
+        404: f"no deployment with traffic, or an unknown {DEPLOYMENT_HEADER}",
         408: "request_timeout_ms passed; the generation was stopped",
         413: "body too large",
         424: "the model server failed, or the deployment failed",

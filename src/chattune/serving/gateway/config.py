@@ -8,17 +8,13 @@ deployments or instance health change.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
+
+from fastapi import Request
 
 AZURE_REQUEST_TIMEOUT_MS = 5_000  # Azure's default `request_timeout_ms`
 MAX_REQUEST_TIMEOUT_MS = 180_000  # and its maximum
 MAX_BODY_BYTES = 1_572_864  # 1.5 MiB, Azure's online-endpoint payload limit
-
-
-def key_digest(key: str) -> bytes:
-    """What the gateway keeps of a key: its SHA-256, compared with `secrets.compare_digest`."""
-    return hashlib.sha256(key.encode("utf-8")).digest()
 
 
 @dataclass(frozen=True)
@@ -58,7 +54,7 @@ class GatewayConfig:
 
     Args:
         endpoint: the endpoint name.
-        key_digests: `key_digest` of the primary and the secondary key.
+        key_digests: `auth.key_digest` of the primary and the secondary key.
         traffic: deployment -> percent; sums to 0 (nothing served) or 100.
         mirror_traffic: at most one deployment -> percent (<= 50) that gets a shadow copy of
             that share of live requests; its answers are dropped.
@@ -72,3 +68,10 @@ class GatewayConfig:
     mirror_traffic: dict[str, int] = field(default_factory=dict)
     deployments: dict[str, DeploymentTarget] = field(default_factory=dict)
     max_body_bytes: int = MAX_BODY_BYTES
+
+
+async def current_config(request: Request) -> GatewayConfig:
+    """Dependency: the config snapshot this request runs on (FastAPI caches it once per
+    request, so a config swapped in mid-request does not change its route). `async`: it runs
+    on the event loop, not on FastAPI's thread pool."""
+    return request.app.state.gateway.config

@@ -13,11 +13,12 @@ import httpx
 import pytest
 
 from chattune.errors import DeploymentFailed
-from chattune.serving import control
 from chattune.serving import deployments as D
 from chattune.serving import endpoints as E
-from chattune.serving.instances import port_free
-from tests.serving.supervised import FAST, fake_model, processes_under, serving_ws, wait_for
+from chattune.serving import service
+from chattune.serving.control import lifecycle as control
+from chattune.serving.control.instances import port_free
+from tests.serving.control.supervised import FAST, fake_model, processes_under, serving_ws, wait_for
 
 __all__ = ["fake_model", "serving_ws"]  # fixtures
 pytestmark = pytest.mark.integration
@@ -56,7 +57,7 @@ def test_changes_are_live_on_return_and_delete_frees_everything(
     serving_ws, fake_model, tmp_path: Path
 ) -> None:
     ws = serving_ws
-    ep = control.start_endpoint(ws, "live-ep")
+    ep = service.create_endpoint(ws, "live-ep")
     dep = deploy(ws, "live-ep", "blue", fake_model(load_s=0.3))
     assert dep.state == "ready" and [i.state for i in dep.instances] == ["ready"]
     assert score(ep).status_code == 404  # a new deployment gets no traffic
@@ -82,7 +83,7 @@ def test_changes_are_live_on_return_and_delete_frees_everything(
 
 def test_killed_instance_fails_only_its_requests_and_comes_back(serving_ws, fake_model) -> None:
     ws = serving_ws
-    ep = control.start_endpoint(ws, "kill-ep")
+    ep = service.create_endpoint(ws, "kill-ep")
     model = fake_model(score_s=0.8)
     dep = deploy(ws, "kill-ep", "blue", model, count=2, max_concurrent_requests_per_instance=4)
     send_traffic(ws, "kill-ep", {"blue": 100})
@@ -124,7 +125,7 @@ def test_killed_instance_fails_only_its_requests_and_comes_back(serving_ws, fake
 
 def test_liveness_failure_restarts_a_hung_instance(serving_ws, fake_model) -> None:
     ws = serving_ws
-    control.start_endpoint(ws, "hung-ep")
+    service.create_endpoint(ws, "hung-ep")
     dep = deploy(ws, "hung-ep", "blue", fake_model())
     hung = dep.instances[0]
     os.kill(hung.pid, signal.SIGSTOP)  # alive, but answers nothing
@@ -143,7 +144,7 @@ def test_liveness_failure_restarts_a_hung_instance(serving_ws, fake_model) -> No
 
 def test_crash_at_start_ends_failed_with_the_logs_reason(serving_ws, fake_model) -> None:
     ws = serving_ws
-    ep = control.start_endpoint(ws, "crash-ep")
+    ep = service.create_endpoint(ws, "crash-ep")
     model = fake_model(crash="ValueError: config.json has no model_type")
     with pytest.raises(DeploymentFailed) as exc:
         deploy(ws, "crash-ep", "bad", model)
@@ -162,7 +163,7 @@ def test_crash_at_start_ends_failed_with_the_logs_reason(serving_ws, fake_model)
 
 def test_liveness_failing_before_ready_ends_failed_not_in_a_loop(serving_ws, fake_model) -> None:
     ws = serving_ws
-    control.start_endpoint(ws, "slow-ep")
+    service.create_endpoint(ws, "slow-ep")
     with pytest.raises(DeploymentFailed) as exc:
         deploy(ws, "slow-ep", "blue", fake_model(listen_s=30))
     assert "died 3 times before getting ready" in exc.value.message
@@ -173,7 +174,7 @@ def test_liveness_failing_before_ready_ends_failed_not_in_a_loop(serving_ws, fak
 
 def test_update_replaces_instances_and_scales(serving_ws, fake_model) -> None:
     ws = serving_ws
-    control.start_endpoint(ws, "upd-ep")
+    service.create_endpoint(ws, "upd-ep")
     old = deploy(ws, "upd-ep", "blue", fake_model()).instances[0]
     settings = D.validate_settings({**FAST, "request_timeout_ms": 9000})
     stamp = D.update_deployment(ws, "upd-ep", "blue", instance_count=2, settings=settings)
@@ -189,7 +190,7 @@ def test_up_restores_endpoints_after_every_process_died(
     serving_ws, fake_model, tmp_path: Path
 ) -> None:
     ws = serving_ws
-    ep = control.start_endpoint(ws, "up-ep")
+    ep = service.create_endpoint(ws, "up-ep")
     deploy(ws, "up-ep", "blue", fake_model(), count=2)
     send_traffic(ws, "up-ep", {"blue": 100})
     for pid in processes_under(str(tmp_path)):  # a machine restart: everything dies at once

@@ -10,10 +10,10 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
-from chattune.serving.errors import HTTPProblem
-from chattune.serving.gateway_config import DeploymentTarget, GatewayConfig
+from chattune.errors import RouteNotFound, ServiceUnavailable, TooManyRequests, UpstreamFailed
+from chattune.serving.gateway.config import DeploymentTarget, GatewayConfig
+from chattune.serving.headers import DEPLOYMENT_HEADER
 
-DEPLOYMENT_HEADER = "azureml-model-deployment"
 RETRY_AFTER_BUSY_S = 1  # 429: in-flight requests finish in about a request's time
 RETRY_AFTER_STARTING_S = 10  # 503: Azure's default readiness probe period
 
@@ -40,17 +40,17 @@ def choose_route(config: GatewayConfig, header: str | None, rng: random.Random) 
     its percent as probability.
 
     Raises:
-        HTTPProblem: 404 when the named deployment does not exist or no deployment has traffic.
+        RouteNotFound: the named deployment does not exist, or no deployment has traffic.
     """
     if header:
         target = config.deployments.get(header)
         if target is None:
             names = ", ".join(sorted(config.deployments)) or "(none)"
-            raise HTTPProblem(
-                404,
+            raise RouteNotFound(
                 f"deployment '{header}' not found in endpoint '{config.endpoint}'; its "
-                f"deployments are: {names}. Fix: set the `{DEPLOYMENT_HEADER}` header to one "
-                "of them, or leave it out to follow the traffic split.",
+                f"deployments are: {names}.",
+                fix=f"set the `{DEPLOYMENT_HEADER}` header to one of them, or leave it out "
+                "to follow the traffic split.",
                 param=DEPLOYMENT_HEADER,
             )
         return Route(target)
@@ -58,11 +58,10 @@ def choose_route(config: GatewayConfig, header: str | None, rng: random.Random) 
     live = [(name, pct) for name, pct in config.traffic.items() if pct > 0]
     live = [(name, pct) for name, pct in live if name in config.deployments]
     if not live:
-        raise HTTPProblem(
-            404,
-            f"no deployment with traffic in endpoint '{config.endpoint}'. Fix: give a "
-            f"deployment traffic (`chattune endpoint update {config.endpoint} --traffic "
-            f"NAME=100`) or name one in the `{DEPLOYMENT_HEADER}` header.",
+        raise RouteNotFound(
+            f"no deployment with traffic in endpoint '{config.endpoint}'.",
+            fix=f"give a deployment traffic (`chattune endpoint update {config.endpoint} "
+            f"--traffic NAME=100`) or name one in the `{DEPLOYMENT_HEADER}` header.",
         )
     names, weights = zip(*live, strict=True)
     target = config.deployments[rng.choices(names, weights=weights)[0]]
@@ -82,24 +81,23 @@ def check_serving(target: DeploymentTarget) -> None:
     """Refuse a deployment that cannot answer now.
 
     Raises:
-        HTTPProblem: 424 when it failed (with its error), 503 while it has no ready instance.
+        UpstreamFailed: it failed (with its error).
+        ServiceUnavailable: it has no ready instance yet.
     """
-    headers = {DEPLOYMENT_HEADER: target.name}
     if target.state == "failed":
         reason = target.error or "no reason was recorded"
-        raise HTTPProblem(
-            424,
-            f"deployment '{target.name}' failed: {reason}. Fix: read `chattune deployment "
-            f"logs` for it, then update or recreate the deployment.",
-            headers=headers,
+        raise UpstreamFailed(
+            f"deployment '{target.name}' failed: {reason}.",
+            fix="read `chattune deployment logs` for it, then update or recreate the deployment.",
+            deployment=target.name,
         )
     if not target.instances:
         doing = "is starting" if target.state == "creating" else "has no ready instance"
-        raise HTTPProblem(
-            503,
+        raise ServiceUnavailable(
             f"deployment '{target.name}' {doing} (state {target.state}); retry in a few "
             "seconds, or watch it with `chattune deployment show`.",
-            headers={**headers, "Retry-After": str(RETRY_AFTER_STARTING_S)},
+            deployment=target.name,
+            retry_after_s=RETRY_AFTER_STARTING_S,
         )
 
 
@@ -123,17 +121,18 @@ class InFlight:
         """Take one of the deployment's in-flight slots.
 
         Raises:
-            HTTPProblem: 429 with `Retry-After` when `target.max_in_flight` are in flight.
+            TooManyRequests: `target.max_in_flight` are in flight (with `Retry-After`).
         """
         if self._deployments[target.name] >= target.max_in_flight:
-            raise HTTPProblem(
-                429,
+            raise TooManyRequests(
                 f"too many requests: deployment '{target.name}' already has "
                 f"{target.max_in_flight} in flight (2 x max_concurrent_requests_per_instance "
                 f"{target.max_concurrent_requests_per_instance} x instance_count "
-                f"{target.instance_count}). Fix: retry later, or raise "
-                "--max-concurrent-requests-per-instance or --instance-count.",
-                headers={"Retry-After": str(RETRY_AFTER_BUSY_S), DEPLOYMENT_HEADER: target.name},
+                f"{target.instance_count}).",
+                fix="retry later, or raise --max-concurrent-requests-per-instance or "
+                "--instance-count.",
+                deployment=target.name,
+                retry_after_s=RETRY_AFTER_BUSY_S,
             )
         self._deployments[target.name] += 1
         return Slot(self, target)

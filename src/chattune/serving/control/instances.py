@@ -1,8 +1,8 @@
-"""Model-server processes of a deployment: start, probe, stop, and read why one died.
+"""Model-server processes of a deployment: start, stop, and read why one died.
 
 A `Slot` is one place in a group of instances (`instance-<i>`); the process in it may be
-replaced many times (restarts). Probes run on a small thread pool so a hung instance never
-stalls the supervisor's loop: each probe is a future the loop checks on its next tick.
+replaced many times (restarts), each started through an `engines.InstanceEngine`. Probing
+them is `probes.py`.
 """
 
 from __future__ import annotations
@@ -12,19 +12,14 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
+from chattune.serving.control.engines import InstanceEngine, Launch
 from chattune.serving.deployments import ProbeSettings
 
-# The module run for each instance; `CHATTUNE_MODEL_SERVER` swaps in another server that
-# speaks the same command line and health routes (e.g. one backed by another engine).
-MODEL_SERVER_MODULE = "chattune.serving.model_server"
 STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this
 _START_MARK = "---- chattune supervisor: starting instance"
 _ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*|error: .*)$")
@@ -81,6 +76,7 @@ class Slot:
     idx: int
     log: Path
     spec: GroupSpec | None = None
+    engine: InstanceEngine | None = None
     proc: subprocess.Popen | None = None
     port: int | None = None
     started: float = 0.0  # monotonic
@@ -112,33 +108,21 @@ class Slot:
 
     def start(
         self,
+        engine: InstanceEngine,
         spec: GroupSpec,
         liveness: ProbeSettings,
         readiness: ProbeSettings,
         torch_threads: int | None = None,
     ) -> None:
-        """Start a model server for `spec` on a fresh port, logging to `self.log`.
+        """Start an instance of `engine` for `spec` on a fresh port, logging to `self.log`.
 
         `torch_threads`: CPU threads per op; instances sharing the CPU split its cores (more
         threads than cores made a decoding step many times slower)."""
-        self.spec, self.port = spec, free_port()
-        cmd = [
-            sys.executable,
-            "-m",
-            os.environ.get("CHATTUNE_MODEL_SERVER", MODEL_SERVER_MODULE),
-            "--model-dir",
-            spec.model_dir,
-            *[arg for name, path in spec.adapters for arg in ("--adapter", f"{name}={path}")],
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--served-name",
-            spec.served_name,
-            "--parent-pid",
-            str(os.getpid()),
-            *(["--torch-threads", str(torch_threads)] if torch_threads else []),
-        ]
+        self.engine, self.spec, self.port = engine, spec, free_port()
+        launch = Launch(
+            spec.model_dir, spec.adapters, spec.served_name, self.port, os.getpid(), torch_threads
+        )
+        cmd = engine.command(launch)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
             out.write(
@@ -152,7 +136,7 @@ class Slot:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, **engine.env()},
             )
         now = time.monotonic()
         self.started = now
@@ -182,63 +166,3 @@ class Slot:
             self.proc.kill()
             self.proc.wait()
         self.proc, self.ready = None, False
-
-
-def probe(client: httpx.Client, url: str, timeout: float) -> bool:
-    """One probe: GET `url` answered 2xx within `timeout` seconds."""
-    try:
-        return client.get(url, timeout=timeout).is_success
-    except httpx.HTTPError:
-        return False
-
-
-class Prober:
-    """Runs liveness (`/health`) and readiness (`/ready`) probes of slots on a thread pool."""
-
-    def __init__(self, workers: int = 8) -> None:
-        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="probe")
-        self.client = httpx.Client(trust_env=False)
-
-    def tick(self, slot: Slot, liveness: ProbeSettings, readiness: ProbeSettings) -> bool:
-        """Collect finished probes of `slot` and start the ones that are due.
-
-        Returns:
-            True when the slot's readiness changed or its liveness failed for good (the
-            caller then restarts it: `slot.live_fail >= liveness.failure_threshold`).
-        """
-        changed = False
-        now = time.monotonic()
-        if slot.live_probe is not None and slot.live_probe.done():
-            ok = slot.live_probe.result()
-            slot.live_probe = None
-            slot.live_fail = 0 if ok else slot.live_fail + 1
-            changed |= slot.live_fail >= liveness.failure_threshold
-        if slot.ready_probe is not None and slot.ready_probe.done():
-            ok = slot.ready_probe.result()
-            slot.ready_probe = None
-            if ok:
-                slot.ready_ok, slot.ready_fail = slot.ready_ok + 1, 0
-                if not slot.ready and slot.ready_ok >= readiness.success_threshold:
-                    slot.ready = slot.ever_ready = changed = True
-                    slot.start_crashes = 0
-            else:
-                slot.ready_ok, slot.ready_fail = 0, slot.ready_fail + 1
-                if slot.ready and slot.ready_fail >= readiness.failure_threshold:
-                    slot.ready, changed = False, True
-        if slot.live_probe is None and now >= slot.next_live:
-            slot.next_live = now + liveness.period
-            slot.live_probe = self.pool.submit(
-                probe, self.client, slot.url + "/health", liveness.timeout
-            )
-        if slot.ready_probe is None and now >= slot.next_ready:
-            # before the first success, probe readiness often: a loaded model joins at once
-            period = readiness.period if slot.ever_ready else min(readiness.period, 0.25)
-            slot.next_ready = now + period
-            slot.ready_probe = self.pool.submit(
-                probe, self.client, slot.url + "/ready", readiness.timeout
-            )
-        return changed
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        self.client.close()

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from chattune.serving.gateway import Gateway
+from chattune.serving.gateway.app import Gateway
 
 PRIMARY = "pk-" + secrets.token_urlsafe(24)
 SECONDARY = "sk-" + secrets.token_urlsafe(24)
