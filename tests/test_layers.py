@@ -40,3 +40,24 @@ def test_every_package_and_module_of_chattune_has_a_layer() -> None:
     }
     missing = sorted(children - named)
     assert not missing, f"add {missing} to the layers contract in pyproject.toml"
+
+
+def test_the_readme_architecture_names_every_layer_in_order() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Architecture", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "`" in line]
+    where = {}
+    for layer in _layers():
+        for module in layer.split("|"):
+            short = module.strip().strip("()").removeprefix("chattune.")
+            found = [
+                i for i, row in enumerate(rows) if f"`{short}/`" in row or f"`{short}.py`" in row
+            ]
+            assert found, f"README's Architecture section does not name {short}"
+            where[short] = found[0]
+    order = [
+        where[m.strip().strip("()").removeprefix("chattune.")]
+        for layer in _layers()
+        for m in layer.split("|")
+    ]
+    assert order == sorted(order), "README's Architecture rows are not in the contract's order"
