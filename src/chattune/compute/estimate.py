@@ -233,6 +233,14 @@ def estimate_memory(
         gpus,
         gradient_checkpointing,
     )
+    return estimate_from_inputs(arch, inputs)
+
+
+def estimate_from_inputs(arch: ArchSpec, inputs: EstimateInputs) -> MemoryEstimate:
+    """`estimate_memory` of the knobs in `inputs` (see there)."""
+    lora, lora_r, targets = inputs.lora, inputs.lora_r, inputs.lora_targets
+    precision, max_seq_length = inputs.precision, inputs.max_seq_length
+    batch_size, gpus = inputs.batch_size, inputs.gpus
     _validate(arch, inputs)
     notes: list[str] = []
     cuda = gpus > 0
@@ -417,19 +425,7 @@ def gib(n: float) -> str:
 
 
 def _again(est: MemoryEstimate, **changes: object) -> MemoryEstimate:
-    x = replace(est.inputs, **changes)  # type: ignore[arg-type]
-    return estimate_memory(
-        est.arch,
-        lora=x.lora,
-        lora_r=x.lora_r,
-        lora_targets=list(x.lora_targets),
-        precision=x.precision,
-        max_seq_length=x.max_seq_length,
-        batch_size=x.batch_size,
-        deepspeed_stage=x.deepspeed_stage,
-        gpus=x.gpus,
-        gradient_checkpointing=x.gradient_checkpointing,
-    )
+    return estimate_from_inputs(est.arch, replace(est.inputs, **changes))  # type: ignore[arg-type]
 
 
 def _largest_fitting(est: MemoryEstimate, key: str, available: int, phase: Phase) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from functools import cache
 from importlib import resources
@@ -65,6 +66,31 @@ class ModelCard(BaseModel):
     @property
     def hub_id(self) -> str | None:
         return next((s.id for s in self.sources if s.kind == "hub"), None)
+
+    @classmethod
+    def from_hf_config(
+        cls, name: str, cfg: dict[str, Any], *, source: Source, origin: str, tokenizer: str
+    ) -> ModelCard:
+        """The card of a model that has no built-in card, read off its `config.json`.
+
+        Args:
+            name: the model's name in the workspace.
+            cfg: the parsed `config.json`.
+            source: where the weights came from.
+            origin: how it came (the description: "imported from ...").
+            tokenizer: where its chat template comes from.
+        """
+        arch = ArchSpec.from_hf_config(cfg)
+        return cls(
+            name=name,
+            created_at=time.time(),  # type: ignore[arg-type]
+            description=origin,
+            architecture=(cfg.get("architectures") or ["?"])[0],
+            config=arch,
+            lora_target_modules=list(arch.layer_linears()),
+            chat_template_source=f"tokenizer of {tokenizer}",
+            sources=[source],
+        )
 
     def summary(self) -> dict[str, Any]:
         """The card as plain data, plus the derived parameter count and context length."""

@@ -181,15 +181,8 @@ def _card_for(name: str, out: Path, card: ModelCard | None, src: Source) -> Mode
     arch = ArchSpec.from_hf_config(cfg)
     if card is not None:
         return card.model_copy(update={"name": name, "config": arch, "sources": [src]})
-    return ModelCard(
-        name=name,
-        created_at=time.time(),  # type: ignore[arg-type]
-        description=f"imported from {src.describe()}",
-        architecture=(cfg.get("architectures") or ["?"])[0],
-        config=arch,
-        lora_target_modules=list(arch.layer_linears()),
-        chat_template_source=f"tokenizer of {src.describe()}",
-        sources=[src],
+    return ModelCard.from_hf_config(
+        name, cfg, source=src, origin=f"imported from {src.describe()}", tokenizer=src.describe()
     )
 
 

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from chattune.errors import InvalidParameter, ModelNotFound
 from chattune.jobs.store import get_job
-from chattune.models.arch import ArchSpec
 from chattune.models.card import ModelCard, Source
 from chattune.models.importer import sha256_file
 from chattune.models.store import AssetType, get_model
@@ -156,17 +154,13 @@ def _card_of_folder(folder: Path, asset_type: AssetType) -> ModelCard:
             f"cannot read the model's config.json in {ckpt} ({exc}).",
             fix="register a folder written by save_pretrained or mlflow.transformers.save_model.",
         ) from exc
-    arch = ArchSpec.from_hf_config(cfg)
     tokenizer = folder / "components" / "tokenizer" if asset_type == "mlflow_model" else folder
-    return ModelCard(
-        name=folder.name,
-        created_at=time.time(),  # type: ignore[arg-type]
-        description=f"registered from {folder}",
-        architecture=(cfg.get("architectures") or ["?"])[0],
-        config=arch,
-        lora_target_modules=list(arch.layer_linears()),
-        chat_template_source=f"tokenizer of {tokenizer}",
-        sources=[Source(kind="local", path=str(folder))],
+    return ModelCard.from_hf_config(
+        folder.name,
+        cfg,
+        source=Source(kind="local", path=str(folder)),
+        origin=f"registered from {folder}",
+        tokenizer=str(tokenizer),
     )
 
 
