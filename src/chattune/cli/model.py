@@ -9,7 +9,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from chattune.cli.common import JsonOpt, WorkspaceOpt, console, open_workspace, print_json
+from chattune.cli.common import (
+    JsonOpt,
+    WorkspaceOpt,
+    console,
+    err_console,
+    list_table,
+    open_workspace,
+    print_json,
+)
 from chattune.errors import InvalidParameter, ModelImportError
 from chattune.models.importer import import_model
 from chattune.models.store import ModelVersion, get_model, list_models, with_tags
@@ -33,10 +41,10 @@ def list_cmd(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json([v.to_dict() for v in versions])
         return
-    table = Table(title=f"models in {ws.root}")
-    # no path column: it would squeeze the rest on an 80-column terminal (model show has it)
-    for col in ("name", "version", "kind", "type", "params", "context", "created"):
-        table.add_column(col)
+    # no path column: the rest would not fit 80 columns (model show has it)
+    table = list_table(
+        f"models in {ws.root}", "name", "version", "kind", "type", "params", "context", "created"
+    )
     for v in versions:
         table.add_row(
             v.name,
@@ -121,11 +129,11 @@ def import_cmd(
                 f"chat template file {chat_template} does not exist.", fix="check the path."
             )
         template = chat_template.read_text()
-    with console.status(f"importing {source}") as status:
+    with err_console.status(f"importing {source}") as status:  # progress: stderr
 
         def log(msg: str) -> None:
             status.update(msg)
-            console.log(msg)
+            err_console.log(msg)
 
         result = import_model(ws, source, name=name, chat_template=template, log=log)
     mv = result.model
@@ -212,7 +220,7 @@ def register(
         version=version,
         description=description,
         tags=_parse_tags(tag or []),
-        log=(lambda _m: None) if as_json else console.log,
+        log=err_console.log,  # progress: stderr, so that --json's stdout is JSON only
     )
     if as_json:
         print_json(mv.to_dict())
