@@ -25,16 +25,23 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.cells import cell_len
 from rich.console import Console, ConsoleRenderable, RenderHook
+from rich.measure import Measurement
 from rich.table import Table
-from rich.text import Text
 
 from chattune.workspace import Workspace
 
+FREE_TEXT_MIN = 12  # columns: the narrowest a free-text (overflow="fold") column gets
+
 
 class WholeWords(RenderHook):
-    """Widen each column of a printed table to its longest word (see the module docstring)."""
+    """Fit each printed table to the terminal without cutting a word (see the module docstring).
+
+    Rich narrows the widest column first and cuts what no longer fits with `…`; here each
+    column gets a width between its longest word and its longest line, narrowing the widest
+    columns that can still wrap until the table fits, and the table is wider than the
+    terminal where even the longest words do not fit.
+    """
 
     def __init__(self, console: Console) -> None:
         self.console = console
@@ -42,23 +49,36 @@ class WholeWords(RenderHook):
     def process_renderables(self, renderables: list[ConsoleRenderable]) -> list[ConsoleRenderable]:
         for r in renderables:
             if isinstance(r, Table):
-                self.widen(r)
+                self.fit(r)
         return renderables
 
-    def widen(self, table: Table) -> None:
+    def fit(self, table: Table) -> None:
+        wide = self.console.options.update_width(10**6)
+        lows, highs = [], []
         for column in table.columns:
+            low, high = 0, 0
+            for cell in (column.header, *column.cells):
+                m = Measurement.get(self.console, wide, cell)
+                low, high = max(low, m.minimum), max(high, m.maximum)
             if column.overflow == "fold":
-                continue
-            cells = [column.header, *column.cells]
-            longest = max((self.longest_word(c) for c in cells), default=0)
-            column.min_width = max(column.min_width or 0, longest)
-
-    def longest_word(self, cell: object) -> int:
-        if isinstance(cell, str):
-            cell = self.console.render_str(cell)  # markup such as [bold] takes no room
-        if not isinstance(cell, Text):
-            return 0  # a nested renderable measures itself
-        return max(map(cell_len, cell.plain.split()), default=0)
+                low = min(high, FREE_TEXT_MIN)
+            lows.append(max(low, column.min_width or 0))
+            highs.append(max(high, lows[-1]))
+        widths = list(highs)
+        for column, width in zip(table.columns, widths, strict=True):
+            column.width = width
+        # borders and padding: what the table takes beyond its columns' text
+        extra = Measurement.get(self.console, wide, table).maximum - sum(widths)
+        room = self.console.width - extra
+        while sum(widths) > room:
+            narrowable = [i for i, w in enumerate(widths) if w > lows[i]]
+            if not narrowable:
+                break  # wider than the terminal: a wrapped line beats a cut word
+            widths[max(narrowable, key=widths.__getitem__)] -= 1
+        for column, width in zip(table.columns, widths, strict=True):
+            column.width = width
+        if sum(widths) > room:
+            table.width = sum(widths) + extra  # else rich narrows the columns again
 
 
 console = Console(soft_wrap=True)

@@ -53,7 +53,7 @@ def list_cmd(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
             v.type if v.kind == "registered" else "-",
             _gib(v.card.num_parameters),
             str(v.card.context_length),
-            v.created_at.strftime("%Y-%m-%d %H:%M"),
+            v.created_at.strftime("%Y-%m-%d"),  # the time: model show
         )
     console.print(table)
 
