@@ -8,9 +8,6 @@ of each prints JSON on stdout and nothing else.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +19,7 @@ from chattune.models.store import add_version
 from chattune.serving import deployments as D
 from chattune.serving import endpoints as E
 from chattune.workspace import Workspace
+from tests.cli.process import chattune
 from tests.data.helpers import chat, write_jsonl
 
 pytestmark = pytest.mark.integration  # a process per command
@@ -31,24 +29,6 @@ COMPUTE = "gpu-box-in-the-basement-lab-2"
 ENDPOINT = "support-chat-endpoint-eu-west-1"
 DEPLOYMENT = "blue-smollm2-chitchat-lora-v2"
 DATA = "chitchat-support-conversations-2026-12-06.jsonl"
-
-
-def chattune_cmd() -> list[str]:
-    """The installed `chattune` script next to this python, as a user runs it."""
-    script = Path(sys.executable).with_name("chattune")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "chattune"]
-
-
-def chattune(ws: Workspace, *args: str, columns: int = 80) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": str(columns), "CHATTUNE_HOME": str(ws.root)}
-    return subprocess.run(
-        [*chattune_cmd(), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
 
 
 @dataclass
@@ -123,7 +103,7 @@ TEXT_COMMANDS = {
 def test_names_ids_and_paths_are_printed_whole(filled: Filled, command: str) -> None:
     args, names = TEXT_COMMANDS[command](filled)
     for columns in (80, 40):
-        r = chattune(filled.ws, *args, columns=columns)
+        r = chattune(filled.ws.root, *args, columns=columns)
         assert r.returncode == 0, r.stderr
         missing = [n for n in names if n not in r.stdout]
         assert not missing, f"COLUMNS={columns}: {missing} cut in:\n{r.stdout}"
@@ -133,7 +113,7 @@ def test_names_ids_and_paths_are_printed_whole(filled: Filled, command: str) -> 
 def test_model_list_fits_80_columns(tmp_path: Path) -> None:
     """The catalog of a fresh workspace, one model a line, within 80 columns (the title
     line names the workspace folder: as long as that is)."""
-    r = chattune(Workspace.open(tmp_path / "ws"), "model", "list")
+    r = chattune(tmp_path / "ws", "model", "list")
     lines = r.stdout.splitlines()[1:]
     assert r.returncode == 0 and max(map(len, lines)) <= 80, r.stdout
     for name in builtin_cards():
@@ -189,6 +169,6 @@ JSON_COMMANDS = {
 @pytest.mark.parametrize("command", JSON_COMMANDS)
 def test_json_is_all_of_stdout(filled: Filled, command: str) -> None:
     args, check = JSON_COMMANDS[command](filled)
-    r = chattune(filled.ws, *args, "--json", columns=40)
+    r = chattune(filled.ws.root, *args, "--json", columns=40)
     assert r.returncode == 0, r.stderr
     assert check(json.loads(r.stdout)), r.stdout  # json.loads: nothing but JSON on stdout

@@ -108,6 +108,11 @@ def list_table(title: str | None, *headers: str) -> Table:
     return Table(*headers, title=title, box=None, pad_edge=False, title_justify="left")
 
 
+def progress(message: str) -> None:
+    """One progress line on stderr, whole (never folded, so a path in it can be copied)."""
+    err_console.print(message, markup=False, highlight=False)
+
+
 def open_workspace(path: Path | None) -> Workspace:
     return Workspace.open(path)
 

@@ -17,6 +17,7 @@ from chattune.cli.common import (
     list_table,
     open_workspace,
     print_json,
+    progress,
 )
 from chattune.errors import InvalidParameter, ModelImportError
 from chattune.models.importer import import_model
@@ -133,7 +134,7 @@ def import_cmd(
 
         def log(msg: str) -> None:
             status.update(msg)
-            err_console.log(msg)
+            progress(msg)
 
         result = import_model(ws, source, name=name, chat_template=template, log=log)
     mv = result.model
@@ -220,7 +221,7 @@ def register(
         version=version,
         description=description,
         tags=_parse_tags(tag or []),
-        log=err_console.log,  # progress: stderr, so that --json's stdout is JSON only
+        log=progress,  # on stderr, so that --json's stdout is JSON only
     )
     if as_json:
         print_json(mv.to_dict())
