@@ -42,19 +42,19 @@ def list_cmd(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json([v.to_dict() for v in versions])
         return
-    # no path column: the rest would not fit 80 columns (model show has it)
+    # 80 columns hold these: the path, a registered version's type (mlflow_model,
+    # custom_model) and the creation time are in `model show` and --json
     table = list_table(
-        f"models in {ws.root}", "name", "version", "kind", "type", "params", "context", "created"
+        f"models in {ws.root}", "name", "version", "kind", "params", "context", "created"
     )
     for v in versions:
         table.add_row(
             v.name,
             v.version,
             v.kind,
-            v.type if v.kind == "registered" else "-",
             _gib(v.card.num_parameters),
             str(v.card.context_length),
-            v.created_at.strftime("%Y-%m-%d"),  # the time: model show
+            v.created_at.strftime("%Y-%m-%d"),
         )
     console.print(table)
 
