@@ -150,6 +150,10 @@ JSON_COMMANDS = {
         ["endpoint", "show", ENDPOINT],
         lambda d: d["name"] == ENDPOINT and d["scoring_uri"] == f.scoring_uri,
     ),
+    "endpoint get-keys": lambda f: (
+        ["endpoint", "get-keys", ENDPOINT],
+        lambda d: d["primary_key"] != d["secondary_key"] and len(d["primary_key"]) >= 32,
+    ),
     "deployment list": lambda f: (
         ["deployment", "list", "-e", ENDPOINT],
         lambda d: [x["name"] for x in d] == [DEPLOYMENT],
