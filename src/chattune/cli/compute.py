@@ -7,7 +7,14 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from chattune.cli.common import JsonOpt, WorkspaceOpt, console, open_workspace, print_json
+from chattune.cli.common import (
+    JsonOpt,
+    WorkspaceOpt,
+    console,
+    list_table,
+    open_workspace,
+    print_json,
+)
 from chattune.compute.estimate import gib
 from chattune.compute.fit import FitReport, PhaseFit, fit_report
 from chattune.compute.store import create_compute, delete_compute, get_compute, list_computes
@@ -46,9 +53,9 @@ def show(
             {"machine": machine.as_dict(), "computes": [c.as_dict(machine) for c in computes]}
         )
         return
-    table = Table(title=f"computes in {ws.root}")
-    for col in ("name", "size", "family", "gpus", "vCPUs", "memory", "spec"):
-        table.add_column(col)
+    table = list_table(
+        f"computes in {ws.root}", "name", "size", "family", "gpus", "vCPUs", "memory", "spec"
+    )
     for c in computes:
         vm = c.vm_size(machine)
         spec = ", ".join(f"{k}={v}" for k, v in c.spec.items()) or "-"
@@ -72,9 +79,10 @@ def sizes(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json([s.as_dict() for s in found])
         return
-    table = Table(title="VM sizes (numbers of this machine, which runs every compute)")
-    for col in ("name", "family", "gpus", "v_cp_us", "memory_gb", "os_vhd_size_mb"):
-        table.add_column(col)
+    table = list_table(
+        "VM sizes (numbers of this machine, which runs every compute)",
+        *("name", "family", "gpus", "v_cp_us", "memory_gb", "os_vhd_size_mb"),
+    )
     for s in found:
         table.add_row(
             s.name, s.family, str(s.gpus), str(s.v_cp_us), str(s.memory_gb), str(s.os_vhd_size_mb)

@@ -111,7 +111,7 @@ def _print_download(result: DownloadResult) -> None:
     table.add_column("split rows", justify="right")
     table.add_column("dropped", justify="right")
     table.add_column("schema-invalid", justify="right")
-    table.add_column("file", overflow="fold")
+    table.add_column("file")
     for s in result.splits:
         table.add_row(
             s.name,

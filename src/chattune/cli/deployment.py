@@ -14,7 +14,14 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from chattune.cli.common import JsonOpt, WorkspaceOpt, console, open_workspace, print_json
+from chattune.cli.common import (
+    JsonOpt,
+    WorkspaceOpt,
+    console,
+    list_table,
+    open_workspace,
+    print_json,
+)
 from chattune.errors import EndpointError
 from chattune.serving import service
 from chattune.serving.deployments import (
@@ -239,9 +246,8 @@ def list_cmd(
     if as_json:
         print_json([d.to_dict() for d in deps])
         return
-    table = Table(title=f"deployments of {endpoint}")
-    for col in ("name", "model", "state", "instances", "error"):
-        table.add_column(col)
+    table = list_table(f"deployments of {endpoint}", "name", "model", "state", "instances")
+    table.add_column("error", overflow="fold")  # free text: long words may fold
     for d in deps:
         ready = sum(i.state == "ready" for i in d.instances)
         table.add_row(d.name, d.model, d.state, f"{ready}/{d.instance_count} ready", d.error or "-")

@@ -17,6 +17,7 @@ from chattune.cli.common import (
     WorkspaceOpt,
     console,
     err_console,
+    list_table,
     open_workspace,
     print_json,
 )
@@ -96,9 +97,9 @@ def list_cmd(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json(eps)
         return
-    table = Table(title=f"endpoints in {ws.root}")
-    for col in ("name", "state", "scoring_uri", "traffic", "deployments"):
-        table.add_column(col)
+    table = list_table(
+        f"endpoints in {ws.root}", "name", "state", "scoring_uri", "traffic", "deployments"
+    )
     for e in eps:
         table.add_row(
             e["name"],

@@ -9,7 +9,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from chattune.cli.common import JsonOpt, WorkspaceOpt, console, open_workspace, print_json
+from chattune.cli.common import (
+    JsonOpt,
+    WorkspaceOpt,
+    console,
+    err_console,
+    list_table,
+    open_workspace,
+    print_json,
+    progress,
+)
 from chattune.compute.allow import with_tags
 from chattune.errors import InvalidParameter, ModelImportError
 from chattune.models.importer import import_model
@@ -34,19 +43,19 @@ def list_cmd(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json([v.to_dict() for v in versions])
         return
-    table = Table(title=f"models in {ws.root}")
-    # no path column: it would squeeze the rest on an 80-column terminal (model show has it)
-    for col in ("name", "version", "kind", "type", "params", "context", "created"):
-        table.add_column(col)
+    # 80 columns hold these: the path, a registered version's type (mlflow_model,
+    # custom_model) and the creation time are in `model show` and --json
+    table = list_table(
+        f"models in {ws.root}", "name", "version", "kind", "params", "context", "created"
+    )
     for v in versions:
         table.add_row(
             v.name,
             v.version,
             v.kind,
-            v.type if v.kind == "registered" else "-",
             _gib(v.card.num_parameters),
             str(v.card.context_length),
-            v.created_at.strftime("%Y-%m-%d %H:%M"),
+            v.created_at.strftime("%Y-%m-%d"),
         )
     console.print(table)
 
@@ -122,11 +131,11 @@ def import_cmd(
                 f"chat template file {chat_template} does not exist.", fix="check the path."
             )
         template = chat_template.read_text()
-    with console.status(f"importing {source}") as status:
+    with err_console.status(f"importing {source}") as status:  # progress: stderr
 
         def log(msg: str) -> None:
             status.update(msg)
-            console.log(msg)
+            progress(msg)
 
         result = import_model(ws, source, name=name, chat_template=template, log=log)
     mv = result.model
@@ -213,7 +222,7 @@ def register(
         version=version,
         description=description,
         tags=_parse_tags(tag or []),
-        log=(lambda _m: None) if as_json else console.log,
+        log=progress,  # on stderr, so that --json's stdout is JSON only
     )
     if as_json:
         print_json(mv.to_dict())
