@@ -14,8 +14,8 @@ import pytest
 
 from chattune.cli.main import main
 from chattune.jobs.store import get_job, progress_path
-from chattune.workspace.markers import is_done
 from chattune.workspace import Workspace
+from chattune.workspace.markers import is_done
 
 pytestmark = pytest.mark.integration
 
