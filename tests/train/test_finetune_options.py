@@ -14,7 +14,7 @@ from chattune.train import finetune as ft
 from chattune.train.finetune import FinetuneConfig, run_finetune
 from chattune.train.params import parse_params
 from chattune.train.preprocess import PreprocessConfig, run_preprocess
-from chattune.workspace.markers import is_done
+from chattune.workspace.markers import DONE, is_done
 from tests.jobs.conftest import write_chats
 
 pytestmark = pytest.mark.integration
@@ -335,3 +335,14 @@ def test_a_checkpoint_path_of_the_wrong_kind_fails_before_training(
             tmp_path, tiny_llama_dir, data_dir, apply_lora=False, resume_from_checkpoint=lora_ckpt
         )
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_checkpoints_marked_by_older_versions_still_resume(tmp_path: Path) -> None:
+    ckpts = tmp_path / "checkpoints"
+    for step, marker in ((2, DONE), (4, ft.LEGACY_COMPLETE), (6, None)):
+        folder = ckpts / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        if marker:
+            (folder / marker).write_text("{}")
+    assert ft.latest_complete_checkpoint(ckpts) == ckpts / "checkpoint-4"
+    assert not (ckpts / "checkpoint-6").exists()  # a save killed halfway is removed

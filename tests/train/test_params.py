@@ -50,6 +50,8 @@ def test_resume_from_checkpoint_path_is_made_absolute(tmp_path, monkeypatch) -> 
     # the job stores the component's strings; the runner reads the same path back
     stored = p.to_component_dict()["resume_from_checkpoint"]
     assert parse_params({"resume_from_checkpoint": stored}) == p
+    # and the finetune process its config file
+    assert FinetuneParams.model_validate_json(p.model_dump_json()) == p
 
 
 def _checkpoint(path: Path, *files: str) -> Path:

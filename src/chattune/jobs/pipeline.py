@@ -253,7 +253,10 @@ def finetune(ctx: StepContext, model: ModelImportOutput, data: PreprocessOutput)
     if is_done(out):
         ctx.log(f"reusing trained model from {out}")
         return FinetuneOutput(finetune_dir=out, finetune_key=key, cached=True)
-    if isinstance(start, Path) and (problem := resume_checkpoint_problem(start, p.apply_lora)):
+    restarted = ctx.ran_before("finetune")  # then its own checkpoints come first
+    # checked at job creation too; the folder may have gone since
+    problem = resume_checkpoint_problem(start, p.apply_lora) if isinstance(start, Path) else None
+    if problem and not restarted:
         raise StepFailed(problem + ".", fix=RESUME_FIX)
     out.mkdir(parents=True, exist_ok=True)
     cfg = FinetuneConfig(
@@ -263,7 +266,7 @@ def finetune(ctx: StepContext, model: ModelImportOutput, data: PreprocessOutput)
         params=p,
         lora_target_modules=model.lora_target_modules,
         max_seq_length=data.max_seq_length,
-        restarted=ctx.ran_before("finetune"),
+        restarted=restarted,
         progress_file=progress_path(ctx.ws, ctx.job.name),
         mlflow_tracking_uri=ctx.ws.mlflow_tracking_uri,
         mlflow_run_id=ctx.run_id,

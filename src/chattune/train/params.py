@@ -194,7 +194,7 @@ class FinetuneParams(BaseModel):
         if isinstance(v, str | Path) and not isinstance(v, bool):
             if not str(v).strip():
                 return False
-            return Path(v).expanduser().resolve()
+            return str(Path(v).expanduser().resolve())  # text: JSON input takes no Path
         return v
 
     @field_validator("deepspeed_stage", "precision", mode="before")
