@@ -87,6 +87,14 @@ def _record(row: Any) -> JobRecord:
             f"the job's runner (pid {rec.pid}) died without finishing; "
             f"resume it with `chattune job resume {rec.name}`"
         )
+    elif rec.status == "Queued" and rec.pid and not pid_alive(rec.pid):
+        # started, then gone before its turn came (it failed to start: its log says why);
+        # left Queued, `chattune job stream` would wait for it forever
+        rec.status = "Failed"
+        rec.error = rec.error or (
+            f"the job's runner (pid {rec.pid}) exited before the job started (its log says "
+            f"why); resume it with `chattune job resume {rec.name}`"
+        )
     return rec
 
 
