@@ -15,6 +15,7 @@ import pytest
 from chattune.cli.main import main
 from chattune.jobs.store import get_job, progress_path
 from chattune.workspace import Workspace
+from chattune.workspace.markers import is_done
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +39,9 @@ FAST = [
     "--set",
     "eval_steps=12",
 ]
+
+
+RESUME_TRUE = ["--set", "resume_from_checkpoint=true"]
 
 
 def create(ws: Workspace, model: Path, files: dict[str, Path], name: str, *extra: str) -> int:
@@ -136,6 +140,11 @@ def test_pipeline_end_to_end(workspace, tiny_llama_dir, chat_files, capsys, kill
     text = pipe("Hello", max_new_tokens=5, do_sample=False)
     assert isinstance(text, list) and text
     assert (workspace.jobs_dir / "j1" / "outputs" / "mlflow_model_folder").is_dir()
+    # one done marker: every step's cache folder and every checkpoint is marked the same way
+    states = {s: job.steps[s]["state"] for s in ("preprocess", "finetune", "evaluate")}
+    done = [Path(states[s][f"{s}_dir"]) for s in states]
+    done += [folder.parent, *Path(states["finetune"]["finetune_dir"]).glob("checkpoints/*")]
+    assert len(done) > 4 and all(is_done(d) for d in done), done
 
 
 def test_cache_reuse_and_force_rerun(workspace, tiny_llama_dir, chat_files, kill_leftovers):
@@ -149,6 +158,26 @@ def test_cache_reuse_and_force_rerun(workspace, tiny_llama_dir, chat_files, kill
     c = get_job(workspace, "c")
     assert not any(c.steps[s].get("cached") for s in ("preprocess", "finetune", "convert"))
     assert c.outputs["mlflow_model_folder"] != b.outputs["mlflow_model_folder"]
+
+
+def test_resume_from_checkpoint_true_and_a_path(
+    workspace, tiny_llama_dir, chat_files, kill_leftovers
+):
+    assert create(workspace, tiny_llama_dir, chat_files, "a", "--stream") == 0
+    a = get_job(workspace, "a")
+    # true says where to start, not what is trained: the finished run of `a` is reused
+    assert create(workspace, tiny_llama_dir, chat_files, "t", "--stream", *RESUME_TRUE) == 0
+    t = get_job(workspace, "t")
+    assert t.steps["finetune"]["cached"] and t.outputs == a.outputs
+    # a checkpoint path starts a different run: trained from that checkpoint on
+    ckpt = Path(a.steps["finetune"]["state"]["finetune_dir"]) / "checkpoints" / "checkpoint-12"
+    extra = ["--set", f"resume_from_checkpoint={ckpt}"]
+    assert create(workspace, tiny_llama_dir, chat_files, "p", "--stream", *extra) == 0
+    p = get_job(workspace, "p")
+    assert not p.steps["finetune"]["cached"] and p.outputs != a.outputs
+    log = (workspace.jobs_dir / "p" / "logs" / "job.log").read_text()
+    assert f"resuming from {ckpt}" in log
+    assert "\nstep 14/24 " in log and "\nstep 2/24 " not in log  # logged every 2 steps
 
 
 def test_sigkill_then_resume_matches_uninterrupted(
@@ -191,7 +220,7 @@ def test_cancel_saves_then_resume(workspace, tiny_llama_dir, chat_files, kill_le
     assert job.status == "Canceled" and job.steps["finetune"]["status"] == "Canceled"
     ckpts = list(
         Path(job.steps["preprocess"]["state"]["preprocess_dir"]).parent.parent.glob(
-            "finetune/*/checkpoints/checkpoint-*/chattune_complete"
+            "finetune/*/checkpoints/checkpoint-*/_SUCCESS"
         )
     )
     assert ckpts, "SIGTERM must leave a complete checkpoint"

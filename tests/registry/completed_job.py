@@ -11,15 +11,21 @@ real PEFT adapter on the tiny model, made in a blink instead of trained.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from unittest.mock import patch
 
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from chattune.jobs import runner
-from chattune.jobs.pipeline import StepContext
+from chattune.jobs.outputs import (
+    EvaluateOutput,
+    FinetuneOutput,
+    ModelImportOutput,
+    PreprocessOutput,
+)
+from chattune.jobs.pipeline import PIPELINE, STEPS, StepContext
 from chattune.jobs.spec import build_spec
 from chattune.jobs.store import JobRecord, create_job, get_job, update_job
 from chattune.train.params import FinetuneParams
@@ -57,23 +63,27 @@ def make_job(
             "parameters": {"merge_lora_weights": "false"},
         }
     )
-    create_job(ws, spec)
+    create_job(ws, spec, STEPS)
 
-    def preprocess(ctx: StepContext) -> dict:
-        return {"preprocess_dir": str(data_dir), "preprocess_key": "p", "max_seq_length": 64}
+    def preprocess(ctx: StepContext, model: ModelImportOutput) -> PreprocessOutput:
+        return PreprocessOutput(preprocess_dir=data_dir, preprocess_key="p", max_seq_length=64)
 
-    def finetune(ctx: StepContext) -> dict:
-        return {"finetune_dir": str(finetune_dir), "finetune_key": f"ft-{name}", **LOSSES}
+    def finetune(
+        ctx: StepContext, model: ModelImportOutput, data: PreprocessOutput
+    ) -> FinetuneOutput:
+        return FinetuneOutput(finetune_dir=finetune_dir, finetune_key=f"ft-{name}", **LOSSES)
 
-    def evaluate(ctx: StepContext) -> dict:
-        return {"evaluate_dir": str(data_dir), "metrics": METRICS}
+    def evaluate(
+        ctx: StepContext, model: ModelImportOutput, data: PreprocessOutput, t: FinetuneOutput
+    ) -> EvaluateOutput:
+        return EvaluateOutput(evaluate_dir=data_dir, metrics=METRICS)
 
-    steps = {"preprocess": preprocess, "finetune": finetune, "evaluate": evaluate}
+    stand_ins = {"preprocess": preprocess, "finetune": finetune, "evaluate": evaluate}
+    steps = tuple(replace(s, run=stand_ins.get(s.name, s.run)) for s in PIPELINE)
     job = get_job(ws, name)
     params = FinetuneParams.model_validate(job.spec.parameters)
     ctx = StepContext(ws=ws, job=job, params=params, log=lambda _m: None, run_id=None)
-    with patch.dict(runner.STEP_FUNCS, steps):
-        status = runner._run_steps(ws, ctx)
+    status = runner._run_steps(ws, ctx, steps)
     assert status == "Completed", get_job(ws, name).error
     update_job(ws, name, status="Completed")
     return get_job(ws, name)

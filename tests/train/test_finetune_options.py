@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from chattune.errors import InvalidParameter
 from chattune.train import finetune as ft
 from chattune.train.finetune import FinetuneConfig, run_finetune
 from chattune.train.params import parse_params
 from chattune.train.preprocess import PreprocessConfig, run_preprocess
+from chattune.workspace.markers import DONE, is_done
 from tests.jobs.conftest import write_chats
 
 pytestmark = pytest.mark.integration
@@ -36,7 +38,9 @@ def data_dir(tmp_path_factory, tiny_llama_dir: Path) -> Path:
     return out
 
 
-def train(tmp_path: Path, model_dir: Path, data_dir: Path, **params) -> dict[str, float]:
+def train(
+    tmp_path: Path, model_dir: Path, data_dir: Path, restarted: bool = False, **params
+) -> dict[str, float]:
     base = {
         "max_steps": 8,
         "learning_rate": 3e-3,
@@ -54,6 +58,7 @@ def train(tmp_path: Path, model_dir: Path, data_dir: Path, **params) -> dict[str
         params=parse_params({**base, **params}),
         lora_target_modules=TARGETS,
         max_seq_length=64,
+        restarted=restarted,
     )
     return run_finetune(cfg)
 
@@ -159,7 +164,7 @@ def test_save_total_limit_keeps_that_many_checkpoints(
     ckpts = sorted((tmp_path / "out" / "checkpoints").glob("checkpoint-*"))
     assert len(ckpts) == kept
     assert ckpts[-1].name == "checkpoint-8"  # the newest is always kept
-    assert all((c / ft.COMPLETE).is_file() for c in ckpts)
+    assert all(is_done(c) for c in ckpts)
 
 
 def test_deepspeed_without_cuda_says_so_and_trains(tmp_path, tiny_llama_dir, data_dir, capsys):
@@ -263,3 +268,81 @@ def test_a_bad_attention_kernel_fails_before_training(
     with pytest.raises(InvalidParameter, match=r"CHATTUNE_ATTENTION_KERNEL='flash3'.*auto, sdpa"):
         train(tmp_path, tiny_llama_dir, data_dir, max_steps=1)
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def steps_logged(out: str) -> list[int]:
+    """The steps the run trained, from its `step N/M ...` lines (the summary repeats the last)."""
+    return sorted({int(m.group(1)) for line in out.splitlines() if (m := STEP_LINE.match(line))})
+
+
+def test_resume_false_starts_fresh_and_drops_an_earlier_runs_checkpoints(
+    tmp_path, tiny_llama_dir, data_dir, capsys
+) -> None:
+    train(tmp_path, tiny_llama_dir, data_dir, max_steps=2, save_steps=2)
+    ckpts = tmp_path / "out" / "checkpoints"
+    assert is_done(ckpts / "checkpoint-2")
+    capsys.readouterr()
+    metrics = train(tmp_path, tiny_llama_dir, data_dir, max_steps=4, resume_from_checkpoint=False)
+    out = capsys.readouterr().out
+    assert "resuming from" not in out and "removing earlier checkpoints" in out
+    assert steps_logged(out) == [1, 2, 3, 4] and metrics["global_step"] == 4
+    assert [c.name for c in ckpts.glob("checkpoint-*")] == ["checkpoint-4"]  # saved at the end
+
+
+def test_resume_true_continues_from_the_newest_checkpoint_in_the_output(
+    tmp_path, tiny_llama_dir, data_dir, capsys
+) -> None:
+    train(tmp_path, tiny_llama_dir, data_dir, resume_from_checkpoint=True, max_steps=2)
+    out = capsys.readouterr().out
+    assert "holds no checkpoint yet: starting fresh" in out and steps_logged(out) == [1, 2]
+    metrics = train(tmp_path, tiny_llama_dir, data_dir, resume_from_checkpoint=True, max_steps=4)
+    out = capsys.readouterr().out
+    assert f"resuming from {tmp_path / 'out' / 'checkpoints' / 'checkpoint-2'}" in out
+    assert steps_logged(out) == [3, 4] and metrics["global_step"] == 4
+
+
+def test_resume_from_a_checkpoint_path(tmp_path, tiny_llama_dir, data_dir, capsys) -> None:
+    train(tmp_path / "a", tiny_llama_dir, data_dir, max_steps=2, save_steps=2)
+    given = tmp_path / "a" / "out" / "checkpoints" / "checkpoint-2"
+    capsys.readouterr()
+    train(tmp_path / "b", tiny_llama_dir, data_dir, resume_from_checkpoint=given, max_steps=4)
+    out = capsys.readouterr().out
+    assert f"resuming from {given}" in out and steps_logged(out) == [3, 4]
+    assert is_done(given)  # the given checkpoint is read, never changed
+    # the same job restarted (`chattune job resume`) goes on from its own newest checkpoint
+    train(
+        tmp_path / "b",
+        tiny_llama_dir,
+        data_dir,
+        restarted=True,
+        resume_from_checkpoint=given,
+        max_steps=6,
+    )
+    out = capsys.readouterr().out
+    assert f"resuming from {tmp_path / 'b' / 'out' / 'checkpoints' / 'checkpoint-4'}" in out
+    assert steps_logged(out) == [5, 6]
+
+
+def test_a_checkpoint_path_of_the_wrong_kind_fails_before_training(
+    tmp_path, tiny_llama_dir, data_dir
+) -> None:
+    train(tmp_path / "lora", tiny_llama_dir, data_dir, max_steps=1)
+    lora_ckpt = tmp_path / "lora" / "out" / "checkpoints" / "checkpoint-1"
+    with pytest.raises(
+        InvalidParameter, match="holds a LoRA adapter, but this job trains the full"
+    ):
+        train(
+            tmp_path, tiny_llama_dir, data_dir, apply_lora=False, resume_from_checkpoint=lora_ckpt
+        )
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_checkpoints_marked_by_older_versions_still_resume(tmp_path: Path) -> None:
+    ckpts = tmp_path / "checkpoints"
+    for step, marker in ((2, DONE), (4, ft.LEGACY_COMPLETE), (6, None)):
+        folder = ckpts / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        if marker:
+            (folder / marker).write_text("{}")
+    assert ft.latest_complete_checkpoint(ckpts) == ckpts / "checkpoint-4"
+    assert not (ckpts / "checkpoint-6").exists()  # a save killed halfway is removed

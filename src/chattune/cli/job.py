@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,6 +17,7 @@ from chattune.jobs.service import cancel_job, resume_job, submit_job
 from chattune.jobs.spec import load_job_yaml
 from chattune.jobs.store import get_job, list_jobs
 from chattune.jobs.stream import stream_job, summary_lines
+from chattune.train.params import param_docs
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -52,7 +55,10 @@ def create(
     test_file: Annotated[Path | None, typer.Option(help="Test data.")] = None,
     set_: Annotated[
         list[str] | None,
-        typer.Option("--set", help="Pipeline parameter key=value (repeatable)."),
+        typer.Option(
+            "--set",
+            help="Pipeline parameter key=value (repeatable); `chattune job params` lists them.",
+        ),
     ] = None,
     experiment: Annotated[str | None, typer.Option(help="MLflow experiment.")] = None,
     name: Annotated[str | None, typer.Option(help="Job name (generated if omitted).")] = None,
@@ -67,7 +73,11 @@ def create(
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create a fine-tuning job of the chat_completion pipeline; it runs detached."""
+    """Create a fine-tuning job of the chat_completion pipeline; it runs detached.
+
+    Pipeline parameters go in --set key=value or under `parameters:` in a job file;
+    `chattune job params` lists each with its type, default and meaning.
+    """
     ws = open_workspace(workspace)
     data: dict[str, Any] = load_job_yaml(file) if file else {}
     cli = {
@@ -104,6 +114,25 @@ def create(
         console.print(f"follow it with: chattune job stream {job.name}")
     if stream:
         raise typer.Exit(_follow(ws, job.name))
+
+
+@app.command()
+def params(as_json: JsonOpt = False) -> None:
+    """List the pipeline parameters: name, type, default and meaning.
+
+    Set them with `job create --set name=value` or under `parameters:` in a job file; flags
+    take true/false. "chattune:" marks parameters Azure's component does not have.
+    """
+    docs = param_docs()
+    if as_json:
+        print_json([asdict(d) for d in docs])
+        return
+    width = max(console.width, 40) - 4
+    for d in docs:
+        heading = f"{d.name} ({d.type}, default {d.default})"
+        console.print(heading, highlight=False, markup=False, soft_wrap=True)
+        for line in textwrap.wrap(d.description, width):
+            console.print(f"    {line}", highlight=False, markup=False)
 
 
 @app.command()

@@ -1,8 +1,9 @@
 """Step outputs cached by the hash of their inputs.
 
-A step's output folder is `<workspace>/cache/<step>/<key>`; it counts as done when its
-step wrote its completion file. `force_rerun` adds the job name to the key, so the job
-gets fresh folders while a resumed job still finds its own partial work.
+A step's output folder is `<workspace>/cache/<step>/<key>`; it counts as done once its
+step marked it (`chattune.workspace.markers`: `_SUCCESS`, written last). `force_rerun`
+adds the job name to the key, so the job gets fresh folders while a resumed job still
+finds its own partial work.
 """
 
 from __future__ import annotations

@@ -1,6 +1,12 @@
 """The `chat_completion_pipeline`: validation -> model import -> preprocess -> finetune ->
-evaluate -> convert. Each step here only wires inputs to one step module of
-`chattune.train` (or `chattune.models`) and caches its output by the hash of its inputs.
+evaluate -> convert, as one list of steps (`PIPELINE`).
+
+Each step function takes the job's context and the typed outputs of the steps it needs,
+wires them to one step module of `chattune.train` (or `chattune.models`), caches its output
+folder by the hash of its inputs and returns its own typed output (`chattune.jobs.outputs`).
+Its signature is its dependency list: `finetune(ctx, model: ModelImportOutput,
+data: PreprocessOutput)` runs after model_import and preprocess, and is skipped when
+either failed.
 """
 
 from __future__ import annotations
@@ -11,27 +17,42 @@ import shutil
 import signal
 import subprocess
 import sys
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from chattune.data.validate import validate_file
 from chattune.errors import ChattuneError, DatasetError
 from chattune.jobs import tracking
 from chattune.jobs.cache import input_key, step_dir
+from chattune.jobs.outputs import (
+    ConvertOutput,
+    DataFileSummary,
+    EvaluateOutput,
+    FinetuneOutput,
+    ModelImportOutput,
+    PreprocessOutput,
+    StepOutput,
+    ValidationOutput,
+)
 from chattune.jobs.store import JobRecord, job_dir, progress_path
-from chattune.train.params import FinetuneParams
+from chattune.models.importer import import_model, sha256_file
+from chattune.models.store import get_model
+from chattune.serving.loader import resolve_checkpoint
+from chattune.train.convert import ConvertConfig, run_convert
+from chattune.train.evaluate import EvaluateConfig, run_evaluate
+from chattune.train.finetune import EXIT_CANCELLED, FinetuneConfig
+from chattune.train.params import RESUME_FIX, FinetuneParams, resume_checkpoint_problem
+from chattune.train.preprocess import (
+    PreprocessConfig,
+    PreprocessReport,
+    preprocess_cache_key,
+    run_preprocess,
+)
 from chattune.workspace import Workspace, file_lock
-
-# step -> the steps whose outputs it needs
-DEPENDS: dict[str, list[str]] = {
-    "validation": [],
-    "model_import": ["validation"],
-    "preprocess": ["model_import"],
-    "finetune": ["preprocess"],
-    "evaluate": ["finetune"],
-    "convert": ["finetune"],
-}
+from chattune.workspace.markers import is_done, mark_done
 
 
 class StepFailed(ChattuneError):
@@ -44,28 +65,51 @@ class Cancelled(Exception):  # a control-flow signal, not an error
 
 @dataclass
 class StepContext:
+    """What every step gets besides its inputs: the job, its parameters, logging."""
+
     ws: Workspace
     job: JobRecord
     params: FinetuneParams
     log: Callable[[str], None]
     run_id: str | None
-    state: dict[str, Any] = field(default_factory=dict)
 
     def key(self, **parts: Any) -> str:
         if self.job.spec.force_rerun:
             parts["_force_rerun_job"] = self.job.name
         return input_key(**parts)
 
+    def ran_before(self, step: str) -> bool:
+        """Whether this job started `step` in an earlier run (`chattune job resume`)."""
+        return self.job.steps.get(step, {}).get("status") in ("Running", "Failed", "Canceled")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One pipeline step: its function, its output type and the steps it needs.
+
+    `needs` and `output` are read from the function's annotations (`Step.of`), so the
+    signature is the only place a dependency is written.
+    """
+
+    name: str
+    run: Callable[..., StepOutput]
+    output: type[StepOutput]
+    needs: tuple[str, ...]
+
+    @classmethod
+    def of(cls, func: Callable[..., StepOutput]) -> Step:
+        hints = typing.get_type_hints(func)
+        output = hints.pop("return")
+        hints.pop("ctx")
+        return cls(output.step, func, output, tuple(h.step for h in hints.values()))
+
 
 # -- steps ---------------------------------------------------------------------------------
-def validation(ctx: StepContext) -> dict[str, Any]:
+def validation(ctx: StepContext) -> ValidationOutput:
     """Check that the data files exist and are readable, and report bad rows up front.
 
     Each file's sha256 is recorded with its row counts: the registry's lineage of a model
     trained by this job names the exact data it saw."""
-    from chattune.data.validate import validate_file
-    from chattune.models.importer import sha256_file
-
     spec = ctx.job.spec
     files = {"train": spec.train_file, "validation": spec.validation_file, "test": spec.test_file}
     missing = [f"{k}_file {p}" for k, p in files.items() if p is not None and not p.is_file()]
@@ -74,28 +118,25 @@ def validation(ctx: StepContext) -> dict[str, Any]:
             "data file(s) not found: " + ", ".join(missing) + ".",
             fix="check the paths given to --train-file/--validation-file/--test-file.",
         )
-    summary: dict[str, Any] = {}
+    splits: dict[str, DataFileSummary] = {}
     for split, path in files.items():
         if path is None:
             continue
         report = validate_file(path)
-        summary[split] = {
-            "path": str(path),
-            "sha256": sha256_file(path),
-            "rows": report.total,
-            "bad_rows": report.invalid,
-        }
+        splits[split] = DataFileSummary(
+            path=path, sha256=sha256_file(path), rows=report.total, bad_rows=report.invalid
+        )
         ctx.log(f"{split}: {path} has {report.total} rows, {report.invalid} bad")
         for reason, count in report.reasons.items():
             ctx.log(f"  {count} row(s) {reason}: preprocess drops them")
-    return {"validation": summary}
+    return ValidationOutput(splits=splits)
 
 
-def model_import(ctx: StepContext) -> dict[str, Any]:
-    """Resolve the job's model to a checkpoint folder, importing it (once) if needed."""
-    from chattune.models.importer import import_model
-    from chattune.models.store import get_model
+def model_import(ctx: StepContext, data: ValidationOutput) -> ModelImportOutput:
+    """Resolve the job's model to a checkpoint folder, importing it (once) if needed.
 
+    Runs after validation (`data`) so that a job with a missing file fails before a model
+    is downloaded or converted."""
     ref = ctx.job.spec.model
     if Path(ref).expanduser().exists():
         mv = import_model(ctx.ws, ref, log=ctx.log).model
@@ -113,13 +154,13 @@ def model_import(ctx: StepContext) -> dict[str, Any]:
     if mv.kind == "registered":  # a fine-tuned model trained further: one plain folder
         model_dir = _registered_checkpoint(ctx, mv.path, model_hash)
     ctx.log(f"model {mv.name}:{mv.version} at {model_dir}")
-    return {
-        "model_dir": str(model_dir),
-        "model_name": mv.name,
-        "model_version": mv.version,
-        "model_hash": model_hash,
-        "lora_target_modules": mv.card.lora_target_modules,
-    }
+    return ModelImportOutput(
+        model_dir=model_dir,
+        model_name=mv.name,
+        model_version=mv.version,
+        model_hash=model_hash,
+        lora_target_modules=mv.card.lora_target_modules,
+    )
 
 
 def _registered_checkpoint(ctx: StepContext, path: Path, model_hash: str) -> Path:
@@ -129,8 +170,6 @@ def _registered_checkpoint(ctx: StepContext, path: Path, model_hash: str) -> Pat
     Raises:
         StepFailed: the version holds an unmerged LoRA adapter.
     """
-    from chattune.serving.loader import resolve_checkpoint
-
     ckpt = resolve_checkpoint(path)
     if ckpt.adapter_dir is not None:
         raise StepFailed(
@@ -139,10 +178,11 @@ def _registered_checkpoint(ctx: StepContext, path: Path, model_hash: str) -> Pat
         )
     if ckpt.model_dir == ckpt.tokenizer_dir:
         return ckpt.model_dir
-    out = ctx.ws.root / "cache" / "model_import" / model_hash
+    out = step_dir(ctx.ws, "model_import", model_hash)
     with file_lock(out.with_name(out.name + ".lock")):
-        if (out / "config.json").is_file():
+        if is_done(out):
             return out
+        shutil.rmtree(out, ignore_errors=True)  # an unmarked folder of an older version
         staging = out.with_name(out.name + ".staging")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
@@ -153,24 +193,19 @@ def _registered_checkpoint(ctx: StepContext, path: Path, model_hash: str) -> Pat
                         os.link(f, staging / f.name)
                     except OSError:
                         shutil.copy2(f, staging / f.name)
+        mark_done(staging)
         staging.rename(out)
     return out
 
 
-def preprocess(ctx: StepContext) -> dict[str, Any]:
-    from chattune.train.preprocess import (
-        PreprocessConfig,
-        PreprocessReport,
-        preprocess_cache_key,
-        run_preprocess,
-    )
-
+def preprocess(ctx: StepContext, model: ModelImportOutput) -> PreprocessOutput:
+    """Tokenize the splits with the model's chat template (assistant-only labels)."""
     spec, p = ctx.job.spec, ctx.params
     cfg = PreprocessConfig(
         train_file=spec.train_file,
         validation_file=spec.validation_file,
         test_file=spec.test_file,
-        model_dir=Path(ctx.state["model_dir"]),
+        model_dir=model.model_dir,
         max_seq_length=p.max_seq_length,
         output_dir=ctx.ws.root / "cache" / "preprocess",  # replaced below, once keyed
         seed=p.seed,
@@ -178,47 +213,60 @@ def preprocess(ctx: StepContext) -> dict[str, Any]:
     key = ctx.key(preprocess=preprocess_cache_key(cfg))
     out = step_dir(ctx.ws, "preprocess", key)
     cfg = cfg.model_copy(update={"output_dir": out})
-    cached = (out / "report.json").is_file()
+    cached = is_done(out)
     if cached:
         ctx.log(f"reusing tokenized data from {out}")
         report = PreprocessReport.load(out)
     else:
         report = run_preprocess(cfg, ctx.log)
+        mark_done(out)
     if ctx.run_id:
         tracking.log_metrics(
             ctx.ws, ctx.run_id, {f"preprocess_{k}": v for k, v in report.metrics().items()}
         )
-    return {
-        "preprocess_dir": str(out),
-        "preprocess_key": key,
-        "max_seq_length": report.max_seq_length,
-        "cached": cached,
-    }
+    return PreprocessOutput(
+        preprocess_dir=out,
+        preprocess_key=key,
+        max_seq_length=report.max_seq_length,
+        cached=cached,
+    )
 
 
-def finetune(ctx: StepContext) -> dict[str, Any]:
-    from chattune.train.finetune import EXIT_CANCELLED, SUCCESS, FinetuneConfig
-
+def finetune(ctx: StepContext, model: ModelImportOutput, data: PreprocessOutput) -> FinetuneOutput:
+    """Train in a child process (or one per device under torchrun); a cancelled or killed
+    run continues from its last complete checkpoint when the job is resumed."""
     p = ctx.params
+    start = p.resume_from_checkpoint
     key = ctx.key(
-        data=ctx.state["preprocess_key"],
-        model=ctx.state["model_hash"],
-        params=p.model_dump(
-            exclude={"eval_sample_size", "eval_max_new_tokens", "merge_lora_weights"}
-        ),
+        data=data.preprocess_key,
+        model=model.model_hash,
+        params={
+            **p.model_dump(
+                exclude={"eval_sample_size", "eval_max_new_tokens", "merge_lora_weights"}
+            ),
+            # true/false only say where to start, not what is trained: both keep the key
+            # of the jobs made before; a given checkpoint starts a different run
+            "resume_from_checkpoint": str(start) if isinstance(start, Path) else False,
+        },
     )
     out = step_dir(ctx.ws, "finetune", key)
-    if (out / SUCCESS).is_file():
+    if is_done(out):
         ctx.log(f"reusing trained model from {out}")
-        return {"finetune_dir": str(out), "finetune_key": key, "cached": True}
+        return FinetuneOutput(finetune_dir=out, finetune_key=key, cached=True)
+    restarted = ctx.ran_before("finetune")  # then its own checkpoints come first
+    # checked at job creation too; the folder may have gone since
+    problem = resume_checkpoint_problem(start, p.apply_lora) if isinstance(start, Path) else None
+    if problem and not restarted:
+        raise StepFailed(problem + ".", fix=RESUME_FIX)
     out.mkdir(parents=True, exist_ok=True)
     cfg = FinetuneConfig(
-        model_dir=Path(ctx.state["model_dir"]),
-        data_dir=Path(ctx.state["preprocess_dir"]),
+        model_dir=model.model_dir,
+        data_dir=data.preprocess_dir,
         output_dir=out,
         params=p,
-        lora_target_modules=ctx.state["lora_target_modules"],
-        max_seq_length=ctx.state["max_seq_length"],
+        lora_target_modules=model.lora_target_modules,
+        max_seq_length=data.max_seq_length,
+        restarted=restarted,
         progress_file=progress_path(ctx.ws, ctx.job.name),
         mlflow_tracking_uri=ctx.ws.mlflow_tracking_uri,
         mlflow_run_id=ctx.run_id,
@@ -229,7 +277,7 @@ def finetune(ctx: StepContext) -> dict[str, Any]:
         code = _run_finetune_process(ctx, cfg_file)
     if code == EXIT_CANCELLED:
         raise Cancelled()
-    if code != 0 or not (out / SUCCESS).is_file():
+    if code != 0 or not is_done(out):
         raise StepFailed(
             f"finetune exited with code {code}; its log is above "
             f"(chattune job stream {ctx.job.name}).",
@@ -245,12 +293,12 @@ def finetune(ctx: StepContext) -> dict[str, Any]:
             {f"final_{k}": v for k, v in metrics.items()},
             step=int(metrics.get("global_step", 0)),
         )
-    return {
-        "finetune_dir": str(out),
-        "finetune_key": key,
-        "cached": False,
-        **{f"final_{k}": v for k, v in metrics.items() if k in ("train_loss", "eval_loss")},
-    }
+    return FinetuneOutput(
+        finetune_dir=out,
+        finetune_key=key,
+        final_train_loss=metrics.get("train_loss"),
+        final_eval_loss=metrics.get("eval_loss"),
+    )
 
 
 def _launch_command(p: FinetuneParams, cfg_file: Path) -> list[str]:
@@ -291,35 +339,35 @@ def _run_finetune_process(ctx: StepContext, cfg_file: Path) -> int:
         raise
 
 
-def evaluate(ctx: StepContext) -> dict[str, Any]:
-    from chattune.train.evaluate import EvaluateConfig, run_evaluate
-
+def evaluate(
+    ctx: StepContext, model: ModelImportOutput, data: PreprocessOutput, trained: FinetuneOutput
+) -> EvaluateOutput:
+    """Perplexity and BLEU/ROUGE of generated replies on the test split."""
     p = ctx.params
     key = ctx.key(
-        model=ctx.state["finetune_key"],
+        model=trained.finetune_key,
         n=p.eval_sample_size,
         tokens=p.eval_max_new_tokens,
-        prompt=ctx.state["max_seq_length"],
+        prompt=data.max_seq_length,
     )
     out = step_dir(ctx.ws, "evaluate", key)
     metrics_file = out / "metrics.json"
-    cached = metrics_file.is_file()
+    cached = is_done(out)
     if cached:
         ctx.log(f"reusing evaluation from {out}")
         metrics = json.loads(metrics_file.read_text())
     else:
-        tuned, adapter = _trained(ctx)
-        data = Path(ctx.state["preprocess_dir"])
+        tuned, adapter = _trained(model, trained)
         metrics = run_evaluate(
             EvaluateConfig(
                 model_dir=tuned,
                 adapter_dir=adapter,
-                test_tokenized=data / "test.parquet",
-                test_messages=data / "test_messages.jsonl",
+                test_tokenized=data.preprocess_dir / "test.parquet",
+                test_messages=data.preprocess_dir / "test_messages.jsonl",
                 sample_size=p.eval_sample_size,
                 max_new_tokens=p.eval_max_new_tokens,
                 # the context trained on, less the reply: as long as training ever saw
-                max_prompt_tokens=max(ctx.state["max_seq_length"] - p.eval_max_new_tokens, 16),
+                max_prompt_tokens=max(data.max_seq_length - p.eval_max_new_tokens, 16),
                 batch_size=max(p.per_device_eval_batch_size, 8),
                 precision=p.precision,
                 output_dir=out,
@@ -327,66 +375,63 @@ def evaluate(ctx: StepContext) -> dict[str, Any]:
             ),
             ctx.log,
         )
+        mark_done(out)
     ctx.log("evaluation: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     if ctx.run_id:
         tracking.log_metrics(ctx.ws, ctx.run_id, {f"test_{k}": v for k, v in metrics.items()})
-    return {"evaluate_dir": str(out), "metrics": metrics, "cached": cached}
+    return EvaluateOutput(evaluate_dir=out, metrics=metrics, cached=cached)
 
 
-def _trained(ctx: StepContext) -> tuple[Path, Path | None]:
+def _trained(model: ModelImportOutput, trained: FinetuneOutput) -> tuple[Path, Path | None]:
     """(model folder, adapter folder or None) of the finetune output."""
-    model = Path(ctx.state["finetune_dir"]) / "model"
-    if (model / "adapter_config.json").is_file():
-        return Path(ctx.state["model_dir"]), model
-    return model, None
+    tuned = trained.finetune_dir / "model"
+    if (tuned / "adapter_config.json").is_file():
+        return model.model_dir, tuned
+    return tuned, None
 
 
-def convert(ctx: StepContext) -> dict[str, Any]:
-    from chattune.train.convert import ConvertConfig, run_convert
-
+def convert(ctx: StepContext, model: ModelImportOutput, trained: FinetuneOutput) -> ConvertOutput:
+    """The trained model as `pytorch_model_folder` and `mlflow_model_folder`, linked from
+    the job's `outputs/` folder."""
     p = ctx.params
-    key = ctx.key(model=ctx.state["finetune_key"], merge=p.merge_lora_weights)
+    key = ctx.key(model=trained.finetune_key, merge=p.merge_lora_weights)
     out = step_dir(ctx.ws, "convert", key)
-    done = out / "_SUCCESS"
-    cached = done.is_file()
-    if cached:
+    result = ConvertOutput(
+        pytorch_model_folder=out / "pytorch_model_folder",
+        mlflow_model_folder=out / "mlflow_model_folder",
+        cached=is_done(out),
+    )
+    if result.cached:
         ctx.log(f"reusing converted model from {out}")
     else:
-        tuned, adapter = _trained(ctx)
+        tuned, adapter = _trained(model, trained)
         run_convert(
             ConvertConfig(
                 model_dir=tuned,
                 adapter_dir=adapter,
                 merge_lora_weights=p.merge_lora_weights,
-                pytorch_model_folder=out / "pytorch_model_folder",
-                mlflow_model_folder=out / "mlflow_model_folder",
+                pytorch_model_folder=result.pytorch_model_folder,
+                mlflow_model_folder=result.mlflow_model_folder,
                 metadata={
-                    "base_model": f"{ctx.state['model_name']}:{ctx.state['model_version']}",
+                    "base_model": f"{model.model_name}:{model.model_version}",
                     "job": ctx.job.name,
                 },
             ),
             ctx.log,
         )
-        done.write_text("")
-    outputs = {
-        "pytorch_model_folder": str(out / "pytorch_model_folder"),
-        "mlflow_model_folder": str(out / "mlflow_model_folder"),
-    }
+        mark_done(out)
     links = job_dir(ctx.ws, ctx.job.name) / "outputs"
     links.mkdir(parents=True, exist_ok=True)
-    for name, target in outputs.items():
+    for name, target in result.job_outputs().items():
         link = links / name
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(target)
-    return {"outputs": outputs, "cached": cached}
+    return result
 
 
-STEP_FUNCS: dict[str, Callable[[StepContext], dict[str, Any]]] = {
-    "validation": validation,
-    "model_import": model_import,
-    "preprocess": preprocess,
-    "finetune": finetune,
-    "evaluate": evaluate,
-    "convert": convert,
-}
+PIPELINE: tuple[Step, ...] = tuple(
+    Step.of(f) for f in (validation, model_import, preprocess, finetune, evaluate, convert)
+)
+"""The steps in the order they run; each needs only steps before it."""
+STEPS: tuple[str, ...] = tuple(s.name for s in PIPELINE)

@@ -19,10 +19,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from chattune.errors import ChattuneError
 from chattune.jobs import tracking
-from chattune.jobs.pipeline import DEPENDS, STEP_FUNCS, Cancelled, StepContext
-from chattune.jobs.spec import STEPS
+from chattune.jobs.outputs import StepOutput
+from chattune.jobs.pipeline import PIPELINE, Cancelled, Step, StepContext
 from chattune.jobs.store import (
     get_job,
     list_jobs,
@@ -140,65 +142,65 @@ def run(ws: Workspace, name: str) -> int:
     return 0 if status == "Completed" else 1
 
 
-def _run_steps(ws: Workspace, ctx: StepContext) -> str:
+def _run_steps(ws: Workspace, ctx: StepContext, pipeline: tuple[Step, ...] = PIPELINE) -> str:
+    """Run the steps in order, each with the typed outputs of the steps it needs; record
+    each step's status and output. Returns the job's final status."""
     name = ctx.job.name
-    failed: set[str] = set()
-    done: set[str] = set()
-    for step in STEPS:
-        record = get_job(ws, name).steps.get(step, {})
-        if any(dep not in done for dep in DEPENDS[step]):
-            update_step(ws, name, step, status="Skipped")
-            failed.add(step)
+    failed = False
+    outputs: dict[str, StepOutput] = {}  # step name -> its output, for the steps after it
+    for i, step in enumerate(pipeline):
+        record = get_job(ws, name).steps.get(step.name, {})
+        if any(need not in outputs for need in step.needs):
+            update_step(ws, name, step.name, status="Skipped")
+            failed = True
             continue
         if record.get("status") == "Completed":
-            _say(f"[{step}] completed earlier")
-            ctx.state.update(record.get("state", {}))
-            done.add(step)
-            continue
-        _say(f"[{step}] starting")
-        update_step(ws, name, step, status="Running", started_at=time.time(), error=None)
+            try:
+                outputs[step.name] = step.output.model_validate(record.get("state", {}))
+            except ValidationError as exc:
+                _say(f"[{step.name}] its recorded output is unreadable ({exc}); running it again")
+            else:
+                _say(f"[{step.name}] completed earlier")
+                continue
+        _say(f"[{step.name}] starting")
+        update_step(ws, name, step.name, status="Running", started_at=time.time(), error=None)
         t0 = time.monotonic()
         try:
-            state = STEP_FUNCS[step](ctx)
+            out = step.run(ctx, *(outputs[need] for need in step.needs))
         except Cancelled:
-            update_step(ws, name, step, status="Canceled", ended_at=time.time())
-            _say(f"[{step}] cancelled")
+            update_step(ws, name, step.name, status="Canceled", ended_at=time.time())
+            _say(f"[{step.name}] cancelled")
             return "Canceled"
         except ChattuneError as exc:
-            _fail(ws, name, step, f"{exc.message}" + (f" Fix: {exc.fix}" if exc.fix else ""))
-            failed.add(step)
+            _fail(ws, name, step.name, exc.message + (f" Fix: {exc.fix}" if exc.fix else ""))
         except Exception as exc:
             traceback.print_exc()
-            _fail(ws, name, step, f"{type(exc).__name__}: {exc}")
-            failed.add(step)
+            _fail(ws, name, step.name, f"{type(exc).__name__}: {exc}")
         else:
-            ctx.state.update(state)
-            done.add(step)
+            outputs[step.name] = out
             update_step(
                 ws,
                 name,
-                step,
+                step.name,
                 status="Completed",
                 ended_at=time.time(),
                 duration_s=round(time.monotonic() - t0, 2),
-                state=state,
-                cached=bool(state.get("cached")),
+                state=out.stored(),
+                cached=out.cached,
             )
-            if "metrics" in state:
-                merge_metrics(ws, name, state["metrics"])
-            if "outputs" in state:
-                update_job(ws, name, outputs=state["outputs"])
-            for k in ("final_train_loss", "final_eval_loss"):
-                if k in state:
-                    merge_metrics(ws, name, {k.removeprefix("final_"): state[k]})
+            if metrics := out.job_metrics():
+                merge_metrics(ws, name, metrics)
+            if folders := out.job_outputs():
+                update_job(ws, name, outputs=folders)
             _say(
-                f"[{step}] completed in {time.monotonic() - t0:.1f}s"
-                + (" (cached)" if state.get("cached") else "")
+                f"[{step.name}] completed in {time.monotonic() - t0:.1f}s"
+                + (" (cached)" if out.cached else "")
             )
             continue
+        failed = True
         if not ctx.job.spec.continue_on_step_failure:
-            for rest in STEPS[STEPS.index(step) + 1 :]:
-                update_step(ws, name, rest, status="Skipped")
+            for rest in pipeline[i + 1 :]:
+                update_step(ws, name, rest.name, status="Skipped")
             break
     return "Failed" if failed else "Completed"
 

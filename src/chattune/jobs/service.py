@@ -9,10 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from chattune.errors import ChattuneError, InvalidParameter
+from chattune.jobs.pipeline import STEPS
 from chattune.jobs.runner import spawn_runner
 from chattune.jobs.spec import JobSpec, build_spec
 from chattune.jobs.store import JobRecord, create_job, get_job, update_job
-from chattune.train.params import FinetuneParams, parse_params
+from chattune.train.params import (
+    RESUME_FIX,
+    FinetuneParams,
+    parse_params,
+    resume_checkpoint_problem,
+)
 from chattune.workspace import Workspace
 from chattune.workspace.processes import pid_alive
 
@@ -71,13 +77,18 @@ def submit_job(
         fixes.append(exc.fix or "")
     except ChattuneError:
         pass  # the model problem is reported above
+    if params is not None and isinstance(params.resume_from_checkpoint, Path):
+        problem = resume_checkpoint_problem(params.resume_from_checkpoint, params.apply_lora)
+        if problem:
+            problems.append(problem)
+            fixes.append(RESUME_FIX)
     if problems or params is None:
         raise InvalidParameter(
             f"the job was not created: {'; '.join(problems)}.",
             fix=" ".join(f for f in fixes if f) or "correct the values named above.",
         )
     spec.parameters = params.to_component_dict()
-    record = create_job(ws, spec)
+    record = create_job(ws, spec, STEPS)
     if start:
         spawn_runner(ws, record.name)
     return get_job(ws, record.name), applied

@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from chattune.errors import InvalidParameter
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-STEPS = ("validation", "model_import", "preprocess", "finetune", "evaluate", "convert")
 
 
 def new_job_name() -> str:
@@ -26,31 +25,47 @@ def new_job_name() -> str:
 
 
 class JobSpec(BaseModel):
-    """A fine-tuning job of the `chat_completion_pipeline`.
-
-    Attributes:
-        name: unique job name (generated when omitted).
-        model: a model name (`NAME` or `NAME:VERSION`) in the workspace, or a folder.
-        train_file / validation_file / test_file: jsonl files in the ultrachat schema.
-        parameters: the pipeline parameters (see `chattune.train.params.FinetuneParams`),
-            already merged with the model's `model_specific_defaults` where asked.
-        force_rerun: ignore cached step outputs of earlier jobs.
-        continue_on_step_failure: run the steps that don't depend on a failed one.
-    """
+    """A fine-tuning job of the `chat_completion_pipeline`; each field says what it is
+    (`chattune job params` lists the pipeline parameters that go under `parameters`)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(default_factory=new_job_name)
-    display_name: str | None = None
-    experiment_name: str = "Default"
-    compute: str = "local"
-    model: str
-    train_file: Path
-    validation_file: Path | None = None
-    test_file: Path | None = None
-    parameters: dict[str, Any] = Field(default_factory=dict)
-    force_rerun: bool = False
-    continue_on_step_failure: bool = False
+    name: str = Field(
+        default_factory=new_job_name,
+        description="Unique job name; generated (job_<date>_<time>_<hex>) when omitted.",
+    )
+    display_name: str | None = Field(None, description="Name shown in lists; default: name.")
+    experiment_name: str = Field(
+        "Default", description="MLflow experiment the job's run is tracked under."
+    )
+    compute: str = Field(
+        "local", description="Compute the job runs on; jobs on one compute queue in order."
+    )
+    model: str = Field(
+        description="Base model: NAME or NAME:VERSION in the workspace, or a model folder."
+    )
+    train_file: Path = Field(description="Training conversations (jsonl, ultrachat schema).")
+    validation_file: Path | None = Field(
+        None,
+        description="Validation conversations; default: cut from train_file (10%, or 20% "
+        "with a test_file).",
+    )
+    test_file: Path | None = Field(
+        None,
+        description="Test conversations for evaluate; default: the last 10% of train_file "
+        "(the validation_file when only that is given).",
+    )
+    parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Pipeline parameters (`chattune job params` lists them), as given; "
+        "stored resolved, with the model's model_specific_defaults applied.",
+    )
+    force_rerun: bool = Field(
+        False, description="Ignore cached step outputs of earlier jobs; compute every step."
+    )
+    continue_on_step_failure: bool = Field(
+        False, description="Run the steps that do not depend on a failed one."
+    )
     outputs: dict[str, str] = Field(
         default_factory=dict,
         description="Pipeline output names -> step outputs, e.g. the seed's "

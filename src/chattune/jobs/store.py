@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from chattune.errors import ChattuneError, InvalidParameter
-from chattune.jobs.spec import STEPS, JobSpec
+from chattune.jobs.spec import JobSpec
 from chattune.workspace import Workspace
 from chattune.workspace.processes import pid_alive
 
@@ -86,11 +87,19 @@ def _record(row: Any) -> JobRecord:
             f"the job's runner (pid {rec.pid}) died without finishing; "
             f"resume it with `chattune job resume {rec.name}`"
         )
+    elif rec.status == "Queued" and rec.pid and not pid_alive(rec.pid):
+        # started, then gone before its turn came (it failed to start: its log says why);
+        # left Queued, `chattune job stream` would wait for it forever
+        rec.status = "Failed"
+        rec.error = rec.error or (
+            f"the job's runner (pid {rec.pid}) exited before the job started (its log says "
+            f"why); resume it with `chattune job resume {rec.name}`"
+        )
     return rec
 
 
-def create_job(ws: Workspace, spec: JobSpec) -> JobRecord:
-    """Record a new Queued job.
+def create_job(ws: Workspace, spec: JobSpec, steps: Sequence[str] = ()) -> JobRecord:
+    """Record a new Queued job whose `steps` (the pipeline's step names) are NotStarted.
 
     Raises:
         InvalidParameter: a job with that name exists.
@@ -111,7 +120,7 @@ def create_job(ws: Workspace, spec: JobSpec) -> JobRecord:
                 spec.compute,
                 time.time(),
                 spec.model_dump_json(),
-                json.dumps({s: {"status": "NotStarted"} for s in STEPS}),
+                json.dumps({s: {"status": "NotStarted"} for s in steps}),
             ),
         )
     job_dir(ws, spec.name).joinpath("logs").mkdir(parents=True, exist_ok=True)

@@ -10,9 +10,11 @@ conversations are packed without padding: a batch is one row of up to
 `per_device_train_batch_size x max_seq_length` tokens, position ids restart per
 conversation and attention does not cross conversations (`chattune.train.packing`).
 
-Nothing is lost: a checkpoint is written every `save_steps` and marked complete only
-after it is fully on disk; a run starts from the newest complete checkpoint in its
-output folder. SIGTERM saves a checkpoint and stops (exit code 143).
+Nothing is lost: a checkpoint is written every `save_steps` and marked done
+(`chattune.workspace.markers`) only after it is fully on disk. Where a run starts follows
+`resume_from_checkpoint` (`_checkpoint_to_resume`); a restarted run of the same job always
+continues from its own newest complete checkpoint. SIGTERM saves a checkpoint and stops
+(exit code 143).
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from chattune.train.params import FinetuneParams
+from chattune.errors import InvalidParameter
+from chattune.train.params import RESUME_FIX, FinetuneParams, resume_checkpoint_problem
+from chattune.workspace.markers import is_done, mark_done
 
-COMPLETE = "chattune_complete"  # marker written into a checkpoint once fully saved
-SUCCESS = "_SUCCESS"
+LEGACY_COMPLETE = "chattune_complete"  # the done marker of checkpoints saved before _SUCCESS
 EXIT_CANCELLED = 143
 
 
@@ -48,6 +51,8 @@ class FinetuneConfig(BaseModel):
     params: FinetuneParams
     lora_target_modules: list[str]
     max_seq_length: int  # resolved by preprocess (-1 replaced by the model's context)
+    # this job ran finetune before (`chattune job resume`): its own checkpoints come first
+    restarted: bool = False
     progress_file: Path | None = None
     mlflow_tracking_uri: str | None = None
     mlflow_run_id: str | None = None
@@ -63,16 +68,47 @@ def _log(msg: str) -> None:
 
 
 def latest_complete_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The newest checkpoint with the completion marker; incomplete ones are removed."""
+    """The newest checkpoint marked done; incomplete ones are removed."""
     if not ckpt_dir.is_dir():
         return None
     done: list[tuple[int, Path]] = []
     for d in ckpt_dir.glob("checkpoint-*"):
-        if (d / COMPLETE).is_file():
+        if is_done(d) or (d / LEGACY_COMPLETE).is_file():
             done.append((int(d.name.split("-")[-1]), d))
         elif rank() == 0:
             shutil.rmtree(d, ignore_errors=True)  # a save that was killed halfway
     return max(done)[1] if done else None
+
+
+def _checkpoint_to_resume(cfg: FinetuneConfig, ckpt_dir: Path) -> Path | None:
+    """The checkpoint training starts from, or None for the base model.
+
+    A restarted run of this job continues from its own newest checkpoint. Otherwise
+    `resume_from_checkpoint` decides: true takes the newest checkpoint in the output folder
+    (left by an earlier run with the same inputs), a path takes that checkpoint, false
+    starts fresh and removes the checkpoints an earlier run left, so that none of them is
+    mistaken for this run's later.
+
+    Raises:
+        InvalidParameter: the given checkpoint folder cannot be resumed from.
+    """
+    asked = cfg.params.resume_from_checkpoint
+    own = latest_complete_checkpoint(ckpt_dir)
+    if own is not None and (cfg.restarted or asked is True):
+        return own
+    if isinstance(asked, Path):
+        if problem := resume_checkpoint_problem(asked, cfg.params.apply_lora):
+            raise InvalidParameter(problem + ".", fix=RESUME_FIX)
+        return asked
+    if asked is True:
+        _log(
+            f"resume_from_checkpoint is true, but {ckpt_dir} holds no checkpoint yet: "
+            "starting fresh"
+        )
+    elif own is not None and rank() == 0:
+        _log(f"resume_from_checkpoint is false: removing earlier checkpoints in {ckpt_dir}")
+        shutil.rmtree(ckpt_dir)
+    return None
 
 
 def _precision(params: FinetuneParams, cuda: bool) -> tuple[bool, bool]:
@@ -315,7 +351,7 @@ def _callbacks(cfg: FinetuneConfig):
         def on_save(self, args, state, control, **kw):
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if rank() == 0 and ckpt.is_dir():
-                (ckpt / COMPLETE).write_text(json.dumps({"step": state.global_step}))
+                mark_done(ckpt, {"step": state.global_step})
 
         def _progress(self, state, metrics: dict[str, float]) -> None:
             if cfg.progress_file is None or rank() != 0:
@@ -363,6 +399,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
     bf16, fp16 = _precision(p, cuda)
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = cfg.output_dir / "checkpoints"
+    resume = _checkpoint_to_resume(cfg, ckpt_dir)  # before any loading: a bad path fails fast
 
     # LoRA freezes the base: keep it in the compute dtype (half the memory of fp32).
     # Full fine-tuning keeps fp32 master weights; autocast runs the matmuls in bf16/fp16.
@@ -458,7 +495,6 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
         callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # our Progress callback prints the log lines
-    resume = latest_complete_checkpoint(ckpt_dir)
     if resume is not None:
         _log(f"resuming from {resume}")
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -488,7 +524,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
         shutil.rmtree(out, ignore_errors=True)
         staging.rename(out)
         (cfg.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        (cfg.output_dir / SUCCESS).write_text("")
+        mark_done(cfg.output_dir)
     return metrics
 
 
