@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     import torch
+    from baselines import ConcatBatchCache
     from torch.profiler import ProfilerActivity, profile
 
     from chattune.kernels.attention import KERNEL_ENV
@@ -136,11 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     ]
     ids = [tok(t, add_special_tokens=False)["input_ids"] for t in ids]
     params = SamplingParams(max_new_tokens=a.max_new_tokens)
-    off = {"kv_cache": "concat", "packed_prefill": False, "decode_attention": False}
+    off = {"batch_cache": ConcatBatchCache, "packed_prefill": False, "decode_attention": False}
     variants = {
         "baseline": off,
-        "+kv": off | {"kv_cache": "preallocated"},
-        "+packed": off | {"kv_cache": "preallocated", "packed_prefill": True},
+        "+kv": off | {"batch_cache": None},
+        "+packed": off | {"batch_cache": None, "packed_prefill": True},
         "+decode": {},  # the engine's defaults, on plain weights
         "+prepacked": {},
     }

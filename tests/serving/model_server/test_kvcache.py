@@ -1,13 +1,20 @@
 """The preallocated batch KV cache holds exactly what concatenation (transformers'
-DynamicCache, `ConcatBatchCache`) would, through joins, steps past capacity, leaves and trims;
-the engine's own tests (test_engine.py) decode with it against `generate`."""
+DynamicCache; bench/baselines.py's `ConcatBatchCache`, the benchmark's baseline) would,
+through joins, steps past capacity, leaves and trims; the engine's own tests
+(test_engine.py) decode with it against `generate`."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import torch
 from transformers import DynamicCache
 
-from chattune.serving.model_server.kvcache import BatchCache, ConcatBatchCache
+from chattune.serving.model_server.kvcache import BatchCache
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
+from baselines import ConcatBatchCache
 
 
 def _prefill(n: int, layers: int = 2, heads: int = 3, dim: int = 4, seed: int = 0) -> DynamicCache:

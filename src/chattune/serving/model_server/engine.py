@@ -295,8 +295,9 @@ class Engine:
             template's end-of-turn token (see `chattune.serving.model_server.chat.stop_token_ids`).
         max_batch_size: most rows decoded together; later requests wait in the queue.
         context_length: prompt + answer limit in tokens (default: the model's).
-        kv_cache: "preallocated" (`kvcache.BatchCache`, a step writes in place) or "concat"
-            (transformers' way, a copy per step: the benchmark's baseline).
+        batch_cache: the class of the running batch's KV cache (default `kvcache.BatchCache`:
+            a step writes in place); the benchmarks pass their baseline (transformers' way, a copy
+            per step: `bench/baselines.py`), which has the same interface.
         prefill_tokens: prompt tokens prefilled per iteration before the running batch steps
             again (a longer single prompt still goes alone): bounds the stall a burst of
             arrivals causes.
@@ -320,7 +321,7 @@ class Engine:
         eos_ids: Sequence[int] | None = None,
         max_batch_size: int = DEFAULT_MAX_BATCH,
         context_length: int | None = None,
-        kv_cache: str = "preallocated",
+        batch_cache: type | None = None,
         prefill_tokens: int = 1024,
         packed_prefill: bool = True,
         decode_attention: bool = True,
@@ -333,13 +334,9 @@ class Engine:
             eos_ids = stop_token_ids(model, tokenizer)
         self.eos_ids = frozenset(eos_ids)
         self.max_batch_size = max_batch_size
-        from chattune.serving.model_server.kvcache import KV_CACHES
-
-        if kv_cache not in KV_CACHES:
-            raise InvalidParameter(
-                f"kv_cache must be one of {', '.join(KV_CACHES)}; got {kv_cache!r}."
-            )
-        self._batch_cache = KV_CACHES[kv_cache]
+        if batch_cache is None:  # transformers' cache classes: imported here, not by `schemas`
+            from chattune.serving.model_server.kvcache import BatchCache as batch_cache
+        self._batch_cache = batch_cache
         self.prefill_tokens = prefill_tokens
         base = model.get_base_model() if adapters else model
         self.device = next(model.parameters()).device

@@ -143,8 +143,8 @@ class SlabLayer(DynamicLayer):
 class BatchCache(DynamicCache):
     """A `DynamicCache` of `SlabLayer`s: what the engine passes to the model for its batch.
 
-    `ConcatBatchCache` is the same batch kept as transformers keeps it (a copy per step), the
-    baseline of the benchmark (`Engine(kv_cache="concat")`).
+    `bench/baselines.py`'s `ConcatBatchCache` is the same batch kept as transformers keeps it
+    (a copy per step): the benchmark's baseline, passed as `Engine(batch_cache=...)`.
     """
 
     def __init__(self, layers: list[SlabLayer]) -> None:
@@ -171,42 +171,3 @@ class BatchCache(DynamicCache):
         """Keep only `rows` and drop the first `start` columns (padding in every kept row)."""
         for layer in self.layers:
             layer.keep(rows, start)
-
-
-def _left_pad(x: torch.Tensor, width: int) -> torch.Tensor:
-    return torch.nn.functional.pad(x, (0, 0, width - x.shape[2], 0))
-
-
-class ConcatBatchCache(DynamicCache):
-    """`BatchCache`'s interface over plain `DynamicLayer`s: joins and steps concatenate."""
-
-    @classmethod
-    def from_prefill(cls, cache: DynamicCache, cols: slice = _ALL) -> ConcatBatchCache:
-        out = cls()
-        out.layers = []
-        for layer in cache.layers:
-            mine = DynamicLayer()
-            mine.lazy_initialization(layer.keys, layer.values)
-            mine.keys, mine.values = layer.keys[:, :, cols], layer.values[:, :, cols]
-            out.layers.append(mine)
-        return out
-
-    @property
-    def rows(self) -> int:
-        return self.layers[0].keys.shape[0]
-
-    def add_row(self, cache: DynamicCache, cols: slice = _ALL) -> None:
-        for mine, theirs in zip(self.layers, cache.layers, strict=True):
-            k, v = theirs.keys[:, :, cols], theirs.values[:, :, cols]
-            w = max(mine.keys.shape[2], k.shape[2])
-            mine.keys = torch.cat([_left_pad(mine.keys, w), _left_pad(k, w)])
-            mine.values = torch.cat([_left_pad(mine.values, w), _left_pad(v, w)])
-
-    def keep(self, rows: Sequence[int], start: int = 0) -> None:
-        idx = torch.tensor(rows, device=self.layers[0].keys.device)
-        for layer in self.layers:
-            layer.keys = layer.keys.index_select(0, idx)[:, :, start:]
-            layer.values = layer.values.index_select(0, idx)[:, :, start:]
-
-
-KV_CACHES = {"preallocated": BatchCache, "concat": ConcatBatchCache}
