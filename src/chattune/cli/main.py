@@ -11,6 +11,9 @@ from chattune import __version__
 from chattune.cli import compute, data, deployment, endpoint, job, model
 from chattune.cli.common import WorkspaceOpt, err_console, open_workspace
 from chattune.errors import ChattuneError
+from chattune.serving.control.lifecycle import bring_up
+from chattune.serving.deployments import list_deployments
+from chattune.serving.endpoints import list_endpoints
 
 app = typer.Typer(
     name="chattune",
@@ -41,8 +44,6 @@ def up(
 
     Run it after a machine restart; it waits until each deployment is ready (or failed).
     """
-    from chattune.serving.control.lifecycle import bring_up
-    from chattune.serving.deployments import list_deployments
 
     ws = open_workspace(workspace)
     started = bring_up(ws, timeout)
@@ -50,8 +51,6 @@ def up(
         states = ", ".join(f"{d.name} {d.state}" for d in list_deployments(ws, ep.name))
         print(f"endpoint {ep.name} up on {ep.scoring_uri} ({states or 'no deployments'})")
     if not started:
-        from chattune.serving.endpoints import list_endpoints
-
         known = list_endpoints(ws)
         print("every endpoint is already running" if known else "no endpoints in this workspace")
 

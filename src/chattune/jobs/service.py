@@ -8,11 +8,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from chattune.compute.store import get_compute
 from chattune.errors import ChattuneError, InvalidParameter
 from chattune.jobs.pipeline import STEPS
 from chattune.jobs.runner import spawn_runner
 from chattune.jobs.spec import JobSpec, build_spec
 from chattune.jobs.store import JobRecord, create_job, get_job, update_job
+from chattune.models.store import get_model
 from chattune.train.params import (
     RESUME_FIX,
     FinetuneParams,
@@ -30,8 +32,6 @@ def resolve_parameters(
     (as the seed does). Returns them and the defaults that were applied."""
     defaults: dict[str, str] = {}
     if apply_model_defaults and not Path(spec.model).expanduser().exists():
-        from chattune.models.store import get_model
-
         name, _, version = spec.model.partition(":")
         defaults = dict(get_model(ws, name, version=version or None).card.model_specific_defaults)
     return parse_params(spec.parameters, defaults), defaults
@@ -47,8 +47,6 @@ def submit_job(
     Raises:
         InvalidParameter: listing each problem by name.
     """
-    from chattune.compute.store import get_compute
-    from chattune.models.store import get_model
 
     spec = build_spec(data)
     problems: list[str] = []
