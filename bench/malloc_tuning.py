@@ -90,13 +90,9 @@ def child_serve(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     from profile_decode import prompts
 
+    from chattune.models.checkpoint import resolve_checkpoint
+    from chattune.models.loading import load_model, load_tokenizer, serving_dtype
     from chattune.serving.engine import Engine, SamplingParams
-    from chattune.serving.loader import (
-        load_model,
-        load_tokenizer,
-        resolve_checkpoint,
-        serving_dtype,
-    )
 
     ckpt = resolve_checkpoint(Path(spec["model_dir"]))
     tok = load_tokenizer(ckpt)

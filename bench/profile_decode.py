@@ -123,14 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from chattune.serving.engine import Engine, SamplingParams
-    from chattune.serving.loader import (
-        load_model,
-        load_tokenizer,
-        resolve_checkpoint,
-        serving_dtype,
-    )
     from chattune.kernels.attention import KERNEL_ENV
+    from chattune.models.checkpoint import resolve_checkpoint
+    from chattune.models.loading import load_model, load_tokenizer, serving_dtype
+    from chattune.serving.engine import Engine, SamplingParams
 
     ckpt = resolve_checkpoint((a.model_dir or default_model_dir()).resolve())
     tok = load_tokenizer(ckpt)

@@ -129,7 +129,7 @@ def _registered_checkpoint(ctx: StepContext, path: Path, model_hash: str) -> Pat
     Raises:
         StepFailed: the version holds an unmerged LoRA adapter.
     """
-    from chattune.serving.loader import resolve_checkpoint
+    from chattune.models.checkpoint import resolve_checkpoint
 
     ckpt = resolve_checkpoint(path)
     if ckpt.adapter_dir is not None:
@@ -292,7 +292,7 @@ def _run_finetune_process(ctx: StepContext, cfg_file: Path) -> int:
 
 
 def evaluate(ctx: StepContext) -> dict[str, Any]:
-    from chattune.train.evaluate import EvaluateConfig, run_evaluate
+    from chattune.evaluate.step import EvaluateConfig, run_evaluate
 
     p = ctx.params
     key = ctx.key(

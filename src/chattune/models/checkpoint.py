@@ -1,6 +1,6 @@
-"""Find the weights, the adapter and the tokenizer of whatever folder a deployment names.
+"""Where the weights, the adapter and the tokenizer of a model folder are: the folder layouts.
 
-Four layouts are served:
+Four layouts are read (by serving, evaluate and convert alike):
 
 - a Hugging Face model folder (`config.json`): weights and tokenizer in the folder;
 - a chattune `pytorch_model_folder` (`config.json` and `adapter/adapter_config.json`): the base
@@ -25,25 +25,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from chattune.errors import ChattuneError, InvalidParameter
+from chattune.errors import ChattuneError
 
-if TYPE_CHECKING:
-    import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-log = logging.getLogger("chattune.serving")
-
-ADAPTER_SUBDIR = "adapter"  # as `chattune.train.convert.ADAPTER_SUBDIR`
-DEFAULT_ADAPTER = "default"  # the PEFT name of a checkpoint's own adapter
-BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+ADAPTER_SUBDIR = "adapter"  # an unmerged LoRA adapter inside a pytorch_model_folder
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 _SAMPLE_BYTES = 1 << 20  # of each weight file's head and tail, in `base_id`
 
@@ -93,9 +82,8 @@ def resolve_checkpoint(path: Path) -> Checkpoint:
     if (path / "config.json").is_file():
         adapter = path / ADAPTER_SUBDIR
         if (adapter / "adapter_config.json").is_file():
-            tok = adapter if (adapter / "tokenizer_config.json").is_file() else path
-            return Checkpoint(path, adapter, base_id(path), tok, "pytorch_model_folder")
-        return Checkpoint(path, None, base_id(path), path, "hf")
+            return checkpoint(path, adapter, "pytorch_model_folder")
+        return checkpoint(path)
     if (path / "adapter_config.json").is_file():
         return _peft_adapter(path)
     raise ChattuneError(
@@ -104,6 +92,18 @@ def resolve_checkpoint(path: Path) -> Checkpoint:
         f"{', '.join(sorted(p.name for p in path.iterdir())[:12]) or 'nothing'}.",
         fix="point at the model folder itself, e.g. a job's outputs/mlflow_model_folder.",
     )
+
+
+def checkpoint(model_dir: Path, adapter_dir: Path | None = None, kind: str = "hf") -> Checkpoint:
+    """The checkpoint of base weights in `model_dir` and maybe a LoRA adapter on them.
+
+    The tokenizer is the adapter's when one was saved with it (`tokenizer_config.json`), else
+    the base model's: a fine-tune that added tokens or a chat template keeps them there.
+    """
+    tok = model_dir
+    if adapter_dir is not None and (adapter_dir / "tokenizer_config.json").is_file():
+        tok = adapter_dir
+    return Checkpoint(model_dir, adapter_dir, base_id(model_dir), tok, kind)
 
 
 def base_id(model_dir: Path) -> str:
@@ -161,139 +161,4 @@ def _peft_adapter(path: Path) -> Checkpoint:
             fix=f"set base_model_name_or_path in {path / 'adapter_config.json'} to the base "
             "model's folder, or serve the job's pytorch_model_folder.",
         )
-    tok = path if (path / "tokenizer_config.json").is_file() else base_dir
-    return Checkpoint(base_dir.resolve(), path, base_id(base_dir), tok, "peft_adapter")
-
-
-def load_tokenizer(ckpt: Checkpoint) -> PreTrainedTokenizerBase:
-    """The tokenizer stored with the model, which must have a chat template.
-
-    Raises:
-        InvalidParameter: it has none.
-    """
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(ckpt.tokenizer_dir)
-    if not tokenizer.chat_template:
-        raise InvalidParameter(
-            f"the tokenizer in {ckpt.tokenizer_dir} has no chat template: chat requests "
-            "cannot be turned into prompts.",
-            fix="import the base model with a chat template and fine-tune it again.",
-        )
-    return tokenizer
-
-
-SERVING_DTYPES = ("auto", "float32", "bfloat16", "float16")
-DTYPE_ENV = "CHATTUNE_SERVING_DTYPE"  # the model server's --dtype default (instances inherit it)
-
-
-def serving_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
-    """The weights' dtype of a model server.
-
-    Args:
-        device: where the model runs.
-        requested: "auto" (bf16 on GPUs and on CPUs with bf16 instructions, else fp16 on GPUs
-            and fp32 on CPUs: emulated bf16 is ~100x slower than fp32 on CPUs without them;
-            measured 1.3x faster decode than fp32 on an AVX512-BF16 CPU with packed weights,
-            1.8-2.2x without, BENCHMARKS.md),
-            or one of "float32", "bfloat16", "float16" as it is.
-
-    Raises:
-        InvalidParameter: `requested` is none of `SERVING_DTYPES`.
-    """
-    import torch
-
-    from chattune.compute.machine import cpu_bf16_supported
-
-    if requested not in SERVING_DTYPES:
-        raise InvalidParameter(
-            f"dtype {requested!r} is not one of {', '.join(SERVING_DTYPES)}",
-            fix="pass --dtype auto (or set CHATTUNE_SERVING_DTYPE=auto)",
-        )
-    if requested != "auto":
-        return getattr(torch, requested)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_bf16_supported() else torch.float32
-
-
-def load_model(
-    ckpt: Checkpoint,
-    adapters: Mapping[str, Path] | None = None,
-    *,
-    device: torch.device,
-    dtype: torch.dtype,
-    prepack: bool = True,
-) -> tuple[PreTrainedModel, list[str]]:
-    """The model in eval mode, with every LoRA adapter loaded (not merged) for mixed batches.
-
-    Args:
-        ckpt: the checkpoint; its own adapter (if any) is loaded as `DEFAULT_ADAPTER`.
-        adapters: more adapters by name; each path goes through `resolve_checkpoint` and must
-            hold an adapter for the same base weights.
-        device: where the model runs.
-        dtype: its weights' dtype.
-        prepack: on a CPU, pack the linear layers' weights once for oneDNN
-            (`prepack.prepack_linears`: same results, faster decode); the model is then for
-            inference only.
-
-    Returns:
-        The model (a `PeftModel` when there is any adapter) and the adapter names loaded.
-
-    Raises:
-        ChattuneError: an adapter is missing, is not a LoRA adapter, or is for another base.
-    """
-    from transformers import AutoModelForCausalLM
-
-    named = _adapter_dirs(ckpt, adapters or {})
-    model: Any = AutoModelForCausalLM.from_pretrained(ckpt.model_dir, dtype=dtype)
-    if named:
-        from peft import PeftModel
-
-        first, *rest = named.items()
-        model = PeftModel.from_pretrained(model, first[1], adapter_name=first[0])
-        for name, adapter_dir in rest:
-            model.load_adapter(adapter_dir, adapter_name=name)
-    model.to(device).eval()
-    if prepack and device.type == "cpu":
-        from chattune.kernels.prepack import prepack_linears
-
-        prepack_linears(model)
-    return model, list(named)
-
-
-def _adapter_dirs(ckpt: Checkpoint, adapters: Mapping[str, Path]) -> dict[str, Path]:
-    named: dict[str, Path] = {}
-    if ckpt.adapter_dir is not None:
-        named[DEFAULT_ADAPTER] = ckpt.adapter_dir
-    for name, path in adapters.items():
-        if name in named or name == BASE_ADAPTER:
-            raise InvalidParameter(
-                f"adapter name {name!r} is taken"
-                + (" by the model's own adapter." if name == DEFAULT_ADAPTER else "."),
-                fix="give each `--adapter NAME=PATH` another name.",
-            )
-        sub = resolve_checkpoint(path)
-        if sub.adapter_dir is None:
-            raise InvalidParameter(
-                f"adapter {name!r} ({path}) is a full model, not a LoRA adapter.",
-                fix="give the job's pytorch_model_folder trained with apply_lora=true and "
-                "merge_lora_weights=false, or its adapter folder.",
-            )
-        if sub.base_id != ckpt.base_id:
-            raise InvalidParameter(
-                f"adapter {name!r} ({path}) was trained on base {sub.base_id} ({sub.model_dir}),"
-                f" not on the served base {ckpt.base_id} ({ckpt.model_dir}).",
-                fix="serve it on its own base model, or in a deployment of that base.",
-            )
-        peft_type = json.loads((sub.adapter_dir / "adapter_config.json").read_text()).get(
-            "peft_type"
-        )
-        if peft_type != "LORA":
-            raise InvalidParameter(
-                f"adapter {name!r} is a {peft_type} adapter; only LoRA adapters can share "
-                "one base in a batch.",
-                fix="train the adapter with apply_lora=true (LoRA).",
-            )
-        named[name] = sub.adapter_dir
-    return named
+    return checkpoint(base_dir.resolve(), path, "peft_adapter")

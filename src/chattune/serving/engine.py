@@ -48,13 +48,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from chattune.errors import ChattuneError, InvalidParameter
+from chattune.models.loading import BASE_ADAPTER
 from chattune.serving.chat import (
     Detokenizer,
     StopMatcher,
     model_context_length,
     stop_token_ids,
 )
-from chattune.serving.loader import BASE_ADAPTER
 
 if TYPE_CHECKING:  # transformers is imported by the engine thread, not by `protocol`'s users
     from chattune.serving.kvcache import BatchCache

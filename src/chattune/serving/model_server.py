@@ -89,11 +89,11 @@ def load_engine(
 
     from chattune.compute.malloc import malloc_state
     from chattune.kernels.prepack import packed_count
-    from chattune.serving.loader import (
+    from chattune.models.checkpoint import resolve_checkpoint
+    from chattune.models.loading import (
         DEFAULT_ADAPTER,
         load_model,
         load_tokenizer,
-        resolve_checkpoint,
         serving_dtype,
     )
 
@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one model server (the command line of this module's docstring)."""
     import uvicorn
 
-    from chattune.serving.loader import DTYPE_ENV, SERVING_DTYPES
+    from chattune.models.loading import DTYPE_ENV, SERVING_DTYPES
 
     ap = argparse.ArgumentParser(prog="python -m chattune.serving.model_server")
     ap.add_argument("--model-dir", type=Path, required=True, help="what to serve")

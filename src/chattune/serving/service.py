@@ -59,7 +59,7 @@ def deploy(
             "(chattune model import), then deploy that version.",
         )
     if lora_only:
-        from chattune.serving.loader import resolve_checkpoint
+        from chattune.models.checkpoint import resolve_checkpoint
 
         ckpt = resolve_checkpoint(Path(mv.path))
         if ckpt.adapter_dir is None:

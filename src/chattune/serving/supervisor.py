@@ -120,7 +120,7 @@ _resolved: dict[str, Any] = {}
 def _resolve(path: str) -> Any:
     """`loader.resolve_checkpoint`, once per path (it hashes the base weights)."""
     if path not in _resolved:
-        from chattune.serving.loader import resolve_checkpoint
+        from chattune.models.checkpoint import resolve_checkpoint
 
         _resolved[path] = resolve_checkpoint(Path(path))
     return _resolved[path]
