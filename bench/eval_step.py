@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     a.workdir.mkdir(parents=True, exist_ok=True)
+    load = {"start": os.getloadavg()}
     if a.skip_job:
         env = {**os.environ, "CHATTUNE_HOME": str(a.workdir / "workspace")}
         out = subprocess.run([sys.executable, "-m", "chattune", "job", "show", JOB, "--json"],
@@ -160,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evaluate, the {way} way ...", flush=True)
         argv_child = [__file__, "--child", way, "--config", str(cfg_file), "--result", str(result)]
         runs[way] = run_child(argv_child, result, a.timeout)
+        load[f"after_{way}"] = os.getloadavg()
         print(f"  {runs[way]['wall_s']:.1f} s, peak RSS {runs[way]['peak_rss_mb']:.0f} MiB")
 
     finetune_s = job["steps"]["finetune"]["duration_s"]
@@ -177,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             k: abs(new["metrics"][k] - v) / max(abs(v), 1e-12) for k, v in old["metrics"].items()
         },
         "note": "a shared machine: other processes ran beside the benchmark; times are noisy",
+        "load_average_1_5_15": load,
         "machine": machine_record(),
         "versions": versions(),
     }
