@@ -36,7 +36,6 @@ from common import ROOT, machine_record, peak_rss_mb, run_child, versions
 OLD_COMMIT = "7a93d4f"
 OLD_PATH = "src/chattune/train/evaluate.py"
 MODEL = "SmolLM2-135M-Instruct"
-JOB = "eval-bench"
 SEED_SETTINGS = {  # the seed notebook's, plus its max_seq_length default
     "num_train_epochs": "3",
     "per_device_train_batch_size": "1",
@@ -56,22 +55,29 @@ def _chattune(env: dict[str, str], *args: str) -> None:
     subprocess.run(cmd, env=env, check=True)
 
 
-def run_job(workdir: Path) -> dict[str, Any]:
+def _env(workdir: Path) -> dict[str, str]:
+    return {**os.environ, "CHATTUNE_HOME": str(workdir / "workspace")}
+
+
+def show_job(workdir: Path, name: str) -> dict[str, Any]:
+    """The record of job `name` in `workdir`'s workspace, as a dict."""
+    out = subprocess.run([sys.executable, "-m", "chattune", "job", "show", name, "--json"],
+                         env=_env(workdir), check=True, capture_output=True, text=True)  # fmt: skip
+    return json.loads(out.stdout)
+
+
+def run_job(workdir: Path, name: str) -> dict[str, Any]:
     """Import, download and run the pipeline in `workdir`; the job's record as a dict."""
-    env = {**os.environ, "CHATTUNE_HOME": str(workdir / "workspace")}
+    env = _env(workdir)
     data = workdir / "chitchat"
     _chattune(env, "model", "import", MODEL)
     _chattune(env, "data", "download", "--dataset", "chitchat", "--download-dir", str(data),
               "--split-pc", "2")  # fmt: skip
     sets = [x for k, v in SEED_SETTINGS.items() for x in ("--set", f"{k}={v}")]
-    _chattune(env, "job", "create", "--model", MODEL, "--name", JOB, "--train-file",
+    _chattune(env, "job", "create", "--model", MODEL, "--name", name, "--train-file",
               str(data / "train_sft.jsonl"), "--test-file", str(data / "test_sft.jsonl"),
               *sets, "--stream", "--force-rerun")  # fmt: skip
-    out = subprocess.run(
-        [sys.executable, "-m", "chattune", "job", "show", JOB, "--json"],
-        env=env, check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    return json.loads(out.stdout)
+    return show_job(workdir, name)
 
 
 def evaluate_config(job: dict[str, Any], output_dir: Path) -> dict[str, Any]:
@@ -132,7 +138,7 @@ def child(way: str, cfg_file: Path, result: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/chattune-eval-bench"))
-    ap.add_argument("--skip-job", action="store_true", help="reuse the job already in workdir")
+    ap.add_argument("--job", help="reuse this completed job of the workdir's workspace")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per evaluate run")
     ap.add_argument("--child", choices=("old", "new"), help=argparse.SUPPRESS)
     ap.add_argument("--config", type=Path, help=argparse.SUPPRESS)
@@ -144,15 +150,12 @@ def main(argv: list[str] | None = None) -> int:
 
     a.workdir.mkdir(parents=True, exist_ok=True)
     load = {"start": os.getloadavg()}
-    if a.skip_job:
-        env = {**os.environ, "CHATTUNE_HOME": str(a.workdir / "workspace")}
-        out = subprocess.run([sys.executable, "-m", "chattune", "job", "show", JOB, "--json"],
-                             env=env, check=True, capture_output=True, text=True)  # fmt: skip
-        job = json.loads(out.stdout)
+    if a.job:
+        job = show_job(a.workdir, a.job)
     else:
-        job = run_job(a.workdir)
+        job = run_job(a.workdir, f"eval-bench-{time.strftime('%Y%m%dT%H%M%S')}")
     if job["status"] != "Completed":
-        raise SystemExit(f"job {JOB} ended {job['status']}: {job.get('error')}")
+        raise SystemExit(f"job {job['name']} ended {job['status']}: {job.get('error')}")
     runs = {}
     for way in ("old", "new"):
         cfg_file = a.workdir / f"evaluate-{way}.json"
@@ -168,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     new, old = runs["new"], runs["old"]
     report = {
         "bench": "eval_step",
+        "job": job["name"],
         "settings": {**SEED_SETTINGS, "model": MODEL, "dataset": "chitchat --split-pc 2"},
         "steps_s": {k: v.get("duration_s") for k, v in job["steps"].items()},
         "finetune_s": finetune_s,
