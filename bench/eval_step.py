@@ -113,6 +113,7 @@ def _old_module(path: Path) -> Any:
     path.write_text(src.replace("chattune.train.metrics", "chattune.evaluate.metrics"))
     spec = importlib.util.spec_from_file_location("old_evaluate", path)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules["old_evaluate"] = module  # pydantic resolves the config's annotations there
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module
 
