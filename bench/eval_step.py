@@ -127,7 +127,12 @@ def child(way: str, cfg_file: Path, result: Path) -> None:
     cfg = module.EvaluateConfig(**json.loads(cfg_file.read_text()))
     lines: list[tuple[float, str]] = []
     t0 = time.perf_counter()
-    metrics = module.run_evaluate(cfg, lambda m: lines.append((time.perf_counter() - t0, m)))
+
+    def log(message: str) -> None:
+        lines.append((time.perf_counter() - t0, message))
+        print(f"{lines[-1][0]:.1f}s {message}", flush=True)  # progress, should the run be cut
+
+    metrics = module.run_evaluate(cfg, log)
     wall = time.perf_counter() - t0
     perplexity_s = next((t for t, m in lines if m.startswith("eval_loss")), None)
     result.write_text(json.dumps({
