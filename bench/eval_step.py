@@ -145,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/chattune-eval-bench"))
     ap.add_argument("--job", help="reuse this completed job of the workdir's workspace")
+    ap.add_argument(
+        "--reuse", action="store_true", help="keep a way's result already in workdir (same job)"
+    )
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per evaluate run")
     ap.add_argument("--child", choices=("old", "new"), help=argparse.SUPPRESS)
     ap.add_argument("--config", type=Path, help=argparse.SUPPRESS)
@@ -167,9 +170,18 @@ def main(argv: list[str] | None = None) -> int:
         cfg_file = a.workdir / f"evaluate-{way}.json"
         cfg_file.write_text(json.dumps(evaluate_config(job, a.workdir / f"evaluate-{way}")))
         result = a.workdir / f"result-{way}.json"
+        if (
+            a.reuse
+            and result.is_file()
+            and json.loads(result.read_text()).get("job") == job["name"]
+        ):
+            runs[way] = json.loads(result.read_text())
+            print(f"evaluate, the {way} way: kept {result}")
+            continue
         print(f"evaluate, the {way} way ...", flush=True)
         argv_child = [__file__, "--child", way, "--config", str(cfg_file), "--result", str(result)]
         runs[way] = run_child(argv_child, result, a.timeout)
+        result.write_text(json.dumps({**runs[way], "job": job["name"]}, indent=2))
         load[f"after_{way}"] = os.getloadavg()
         print(f"  {runs[way]['wall_s']:.1f} s, peak RSS {runs[way]['peak_rss_mb']:.0f} MiB")
 
