@@ -89,7 +89,7 @@ def linear_stack(shapes: list[tuple[int, int]], dtype: torch.dtype) -> LinearSta
 def main(argv: list[str] | None = None) -> int:
     """Time the linears at each row count; write bench/results/linears-*.json; print a table."""
     from chattune.kernels.prepack import packed_count, prepack_linears
-    from chattune.serving.loader import serving_dtype
+    from chattune.models.loading import serving_dtype
 
     ap = parser(__doc__, "model_dir", "results_dir")
     ap.add_argument("--rows", default="1,4,16,32", help="rows per call (decode batch sizes)")

@@ -87,12 +87,8 @@ def child_serve(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     from profile_decode import prompts
 
-    from chattune.serving.loader import (
-        load_model,
-        load_tokenizer,
-        resolve_checkpoint,
-        serving_dtype,
-    )
+    from chattune.models.checkpoint import resolve_checkpoint
+    from chattune.models.loading import load_model, load_tokenizer, serving_dtype
     from chattune.serving.model_server.engine import Engine, SamplingParams
 
     ckpt = resolve_checkpoint(Path(spec["model_dir"]))

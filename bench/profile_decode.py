@@ -117,12 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     from chattune.kernels.attention import KERNEL_ENV
-    from chattune.serving.loader import (
-        load_model,
-        load_tokenizer,
-        resolve_checkpoint,
-        serving_dtype,
-    )
+    from chattune.models.checkpoint import resolve_checkpoint
+    from chattune.models.loading import load_model, load_tokenizer, serving_dtype
     from chattune.serving.model_server.engine import Engine, SamplingParams
 
     ckpt = resolve_checkpoint((a.model_dir or default_model_dir()).resolve())

@@ -49,7 +49,7 @@ def bench_dtype() -> str:
     of its model server), so that the three serve the same arithmetic."""
     import torch
 
-    from chattune.serving.loader import serving_dtype
+    from chattune.models.loading import serving_dtype
 
     return str(serving_dtype(torch.device("cpu"))).removeprefix("torch.")
 

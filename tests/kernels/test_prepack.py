@@ -17,7 +17,8 @@ from chattune.host.machine import cpu_bf16_supported
 from chattune.kernels import prepack
 from chattune.kernels.attention import decode_attention_forward
 from chattune.kernels.prepack import PackedLinear, packed_count, prepack_linears
-from chattune.serving.loader import load_model, load_tokenizer, resolve_checkpoint
+from chattune.models.checkpoint import resolve_checkpoint
+from chattune.models.loading import load_model, load_tokenizer
 from chattune.serving.model_server.engine import Engine, SamplingParams
 
 DTYPES = [torch.float32] + ([torch.bfloat16] if cpu_bf16_supported() else [])

@@ -49,7 +49,7 @@ def test_a_registered_mlflow_model_trains_further(workspace: Workspace, job: Job
 
 
 def test_an_unmerged_adapter_is_refused_with_the_fix(workspace: Workspace, job: JobRecord) -> None:
-    from chattune.serving.loader import resolve_checkpoint
+    from chattune.models.checkpoint import resolve_checkpoint
 
     mv = register_model(
         workspace,

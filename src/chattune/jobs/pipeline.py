@@ -25,6 +25,7 @@ from typing import Any
 
 from chattune.data.validate import validate_file
 from chattune.errors import ChattuneError, DatasetError
+from chattune.evaluate.step import EvaluateConfig, run_evaluate
 from chattune.jobs import tracking
 from chattune.jobs.cache import input_key, step_dir
 from chattune.jobs.outputs import (
@@ -38,11 +39,10 @@ from chattune.jobs.outputs import (
     ValidationOutput,
 )
 from chattune.jobs.store import JobRecord, job_dir, progress_path
+from chattune.models.checkpoint import resolve_checkpoint
 from chattune.models.importer import import_model, sha256_file
 from chattune.models.store import get_model
-from chattune.serving.loader import resolve_checkpoint
 from chattune.train.convert import ConvertConfig, run_convert
-from chattune.train.evaluate import EvaluateConfig, run_evaluate
 from chattune.train.finetune import EXIT_CANCELLED, FinetuneConfig
 from chattune.train.params import RESUME_FIX, FinetuneParams, resume_checkpoint_problem
 from chattune.train.preprocess import (

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from chattune.errors import InvalidParameter, ModelNotFound
+from chattune.models import loading
 from chattune.models.card import ModelCard, builtin_cards
 from chattune.workspace import Workspace
 from chattune.workspace.names import MODEL_VERSION
@@ -220,7 +221,6 @@ def model_dir(ws: Workspace, name_or_path: str | Path) -> Path:
 
 
 def load_tokenizer(ws: Workspace, name_or_path: str | Path) -> PreTrainedTokenizerBase:
-    """The tokenizer (with its chat template) of a model name in the workspace or a folder."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model_dir(ws, name_or_path))
+    """The tokenizer of a model name in the workspace or a folder, chat template or not (the
+    caller says what it needs); `models.loading.load_tokenizer` loads it."""
+    return loading.load_tokenizer(model_dir(ws, name_or_path), chat_template=False)

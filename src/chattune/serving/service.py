@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 
 from chattune.errors import EndpointError
+from chattune.models.checkpoint import resolve_checkpoint
 from chattune.models.store import get_model
 from chattune.serving import deployments as rows
 from chattune.serving import endpoints as endpoint_rows
@@ -23,7 +24,6 @@ from chattune.serving.control.instances import free_port
 from chattune.serving.deployments import Deployment, DeploymentSettings
 from chattune.serving.endpoints import Endpoint, get_endpoint
 from chattune.serving.headers import DEPLOYMENT_HEADER
-from chattune.serving.loader import resolve_checkpoint
 from chattune.workspace import Workspace
 
 DEFAULT_WAIT_S = 900.0

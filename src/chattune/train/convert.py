@@ -46,14 +46,14 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict, Field
 
 from chattune.errors import InvalidParameter
-from chattune.train.evaluate import load_tokenizer
+from chattune.models.checkpoint import ADAPTER_SUBDIR, checkpoint
+from chattune.models.loading import load_base, load_tokenizer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 Log = Callable[[str], None]
 MLFLOW_TASK = "llm/v1/chat"
-ADAPTER_SUBDIR = "adapter"  # where an unmerged adapter goes inside pytorch_model_folder
 
 
 class ConvertConfig(BaseModel):
@@ -105,7 +105,7 @@ def run_convert(cfg: ConvertConfig, log: Log = lambda _msg: None) -> ConvertResu
             the tokenizer has no chat template.
     """
     _check_paths(cfg)
-    tokenizer = load_tokenizer(cfg.model_dir, cfg.adapter_dir)
+    tokenizer = load_tokenizer(checkpoint(cfg.model_dir, cfg.adapter_dir))
     pytorch_final = cfg.pytorch_model_folder.resolve()
     adapter = cfg.adapter_dir
     keep_adapter = adapter is not None and not cfg.merge_lora_weights
@@ -195,10 +195,8 @@ def _staging(final: Path) -> Iterator[Path]:
 
 
 def _load(model_dir: Path) -> PreTrainedModel:
-    from transformers import AutoModelForCausalLM
-
     # dtype="auto": keep the checkpoint's own dtype (bf16 stays bf16 in both outputs)
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").eval()
+    return load_base(model_dir, dtype="auto").eval()
 
 
 def _merge(model: PreTrainedModel, adapter_dir: Path) -> PreTrainedModel:

@@ -33,6 +33,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from chattune.errors import InvalidParameter
+from chattune.models.loading import compute_dtype, load_base, load_tokenizer
 from chattune.train.params import RESUME_FIX, FinetuneParams, resume_checkpoint_problem
 from chattune.workspace.markers import is_done, mark_done
 
@@ -114,33 +115,26 @@ def _checkpoint_to_resume(cfg: FinetuneConfig, ckpt_dir: Path) -> Path | None:
 def _precision(params: FinetuneParams, cuda: bool) -> tuple[bool, bool]:
     """(bf16, fp16) flags for the Trainer.
 
-    On CPUs, fp16 becomes bf16 where the CPU runs bf16 in hardware (AMX, AVX512-BF16),
-    and both become fp32 where it does not: emulated bf16 is hundreds of times slower.
-    On GPUs without bf16 (before Ampere), bf16 becomes fp16.
+    The dtype is `models.loading.compute_dtype`'s: on CPUs, fp16 becomes bf16 where the CPU
+    runs bf16 in hardware (AMX, AVX512-BF16), and both become fp32 where it does not
+    (emulated bf16 is hundreds of times slower); on GPUs without bf16 (before Ampere), bf16
+    becomes fp16. The log says when the asked precision is not the one trained in.
     """
-    if params.precision == "32":
-        return False, False
-    if not cuda:
-        from chattune.host.machine import cpu_bf16_supported
-
-        if not cpu_bf16_supported():
-            _log(
-                f"warning: precision {params.precision} asked, but this CPU has no bf16 "
-                "instructions (AMX/AVX512-BF16); training in fp32 instead"
-            )
-            return False, False
-        if params.precision == "16":
-            warnings.warn("precision 16 (fp16) on CPU runs as bf16", stacklevel=2)
-            _log("warning: precision 16 (fp16) is not supported on CPU; training in bf16 instead")
-        return True, False
-    if params.precision == "16":
-        return False, True
     import torch
 
-    if not torch.cuda.is_bf16_supported():  # pre-Ampere GPUs: the Trainer would refuse bf16
+    dtype = compute_dtype(params.precision, torch.device("cuda" if cuda else "cpu"))
+    asked = params.precision
+    if asked != "32" and dtype is torch.float32:
+        _log(
+            f"warning: precision {asked} asked, but this CPU has no bf16 "
+            "instructions (AMX/AVX512-BF16); training in fp32 instead"
+        )
+    elif asked == "16" and dtype is torch.bfloat16:
+        warnings.warn("precision 16 (fp16) on CPU runs as bf16", stacklevel=2)
+        _log("warning: precision 16 (fp16) is not supported on CPU; training in bf16 instead")
+    elif asked == "bf16" and dtype is torch.float16:  # the Trainer would refuse bf16 there
         _log("warning: precision bf16 asked, but this GPU has no bf16; training in fp16 instead")
-        return False, True
-    return True, False
+    return dtype is torch.bfloat16, dtype is torch.float16
 
 
 def _deepspeed_config(cfg: FinetuneConfig, cuda: bool) -> str | None:
@@ -379,8 +373,6 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import (
-        AutoModelForCausalLM,
-        AutoTokenizer,
         EarlyStoppingCallback,
         PrinterCallback,
         Trainer,
@@ -409,9 +401,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
     elif p.apply_lora and fp16:
         dtype = torch.float16
     attn = _attn_implementation(p)
-    model = AutoModelForCausalLM.from_pretrained(
-        cfg.model_dir, dtype=dtype, **({"attn_implementation": attn} if attn else {})
-    )
+    model = load_base(cfg.model_dir, dtype, attn)
     _log(f"attention: {model.config._attn_implementation}")
     _log(
         f"precision: {'bf16' if bf16 else 'fp16' if fp16 else 'fp32'} (asked {p.precision}; "
@@ -520,7 +510,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
         shutil.rmtree(staging, ignore_errors=True)
         trainer.model.save_pretrained(staging, safe_serialization=True)
         if not p.apply_lora:
-            AutoTokenizer.from_pretrained(cfg.model_dir).save_pretrained(staging)
+            load_tokenizer(cfg.model_dir, chat_template=False).save_pretrained(staging)
         shutil.rmtree(out, ignore_errors=True)
         staging.rename(out)
         (cfg.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from chattune.data.validate import iter_checked
 from chattune.errors import DatasetInvalid
+from chattune.models.loading import load_tokenizer
 from chattune.train.chat_encoder import (  # noqa: F401  (IGNORE_INDEX, Encoded: re-exported)
     _PREFIX_CHARS_PER_TOKEN,
     IGNORE_INDEX,
@@ -206,9 +207,8 @@ def run_preprocess(cfg: PreprocessConfig, log: Log = print) -> PreprocessReport:
     early = hint is not None and hint >= cfg.pool_min_rows
     if early:
         warm_up()
-    from transformers import AutoTokenizer
-
-    encoder = ChatEncoder(AutoTokenizer.from_pretrained(cfg.model_dir))
+    # the chat template is checked by the encoder, which names the step's fix
+    encoder = ChatEncoder(load_tokenizer(cfg.model_dir, chat_template=False))
     how = "template pattern learned" if encoder.pattern else "exact per-turn rendering"
     log(f"tokenizer of {cfg.model_dir} ({how}); max_seq_length {max_len}")
     pool = EncoderPool(encoder, workers).start() if early else None

@@ -31,6 +31,7 @@ from typing import Any
 import uvicorn
 
 from chattune.errors import ChattuneError
+from chattune.models.checkpoint import resolve_checkpoint
 from chattune.models.store import get_model
 from chattune.serving.control.engines import BuiltinModelServer, InstanceEngine
 from chattune.serving.control.instances import GroupSpec, Slot, failure_reason
@@ -46,7 +47,6 @@ from chattune.serving.deployments import (
 from chattune.serving.endpoints import Endpoint, endpoint_dir, get_endpoint, set_endpoint_fields
 from chattune.serving.gateway.auth import key_digest
 from chattune.serving.gateway.config import DeploymentTarget, GatewayConfig
-from chattune.serving.loader import resolve_checkpoint
 from chattune.workspace import Workspace
 
 GATEWAY_FACTORY = "chattune.serving.gateway.app:create_gateway"  # `CHATTUNE_GATEWAY` overrides

@@ -27,7 +27,7 @@ import uvicorn
 
 from chattune.host.malloc import tune_malloc
 from chattune.kernels.attention import attention_kernel
-from chattune.serving.loader import DTYPE_ENV, SERVING_DTYPES
+from chattune.models.loading import DTYPE_ENV, SERVING_DTYPES
 from chattune.serving.model_server.app import create_app
 from chattune.serving.model_server.engine import DEFAULT_MAX_BATCH
 

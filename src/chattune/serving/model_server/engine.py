@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from chattune.errors import ChattuneError, EngineError, InvalidParameter, ServiceUnavailable
-from chattune.serving.loader import BASE_ADAPTER
+from chattune.models.loading import BASE_ADAPTER
 from chattune.serving.model_server.chat import (
     Detokenizer,
     StopMatcher,

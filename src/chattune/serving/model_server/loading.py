@@ -12,13 +12,8 @@ import torch
 
 from chattune.host.malloc import malloc_state
 from chattune.kernels.prepack import packed_count
-from chattune.serving.loader import (
-    DEFAULT_ADAPTER,
-    load_model,
-    load_tokenizer,
-    resolve_checkpoint,
-    serving_dtype,
-)
+from chattune.models.checkpoint import resolve_checkpoint
+from chattune.models.loading import DEFAULT_ADAPTER, load_model, load_tokenizer, serving_dtype
 from chattune.serving.model_server.engine import Engine
 
 log = logging.getLogger("chattune.serving")
@@ -28,7 +23,7 @@ def load_engine(
     model_dir: Path, adapters: dict[str, Path], max_batch_size: int, dtype_name: str = "auto"
 ) -> tuple[Engine, dict[str, Any]]:
     """Resolve, load and start the engine of `model_dir` (with `adapters`) in `dtype_name`
-    (see `loader.serving_dtype`)."""
+    (see `models.loading.serving_dtype`)."""
     t0 = time.perf_counter()
     ckpt = resolve_checkpoint(model_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -22,10 +22,10 @@ from typing import Any
 from fastapi import Request
 
 from chattune.errors import InvalidRequest, RequestTimeout, ServiceUnavailable
+from chattune.models.loading import BASE_ADAPTER
 from chattune.serving.headers import ADAPTER_HEADER
 from chattune.serving.http_errors import envelope_for
 from chattune.serving.lifetime import Deadline, stream_within, within
-from chattune.serving.loader import BASE_ADAPTER
 from chattune.serving.model_server.chat import ChatPrompter
 from chattune.serving.model_server.checks import max_tokens, prompt_ids, sampling_params
 from chattune.serving.model_server.engine import Engine, Handle

@@ -8,22 +8,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from nltk.translate.bleu_score import corpus_bleu
 from peft import LoraConfig, PeftModel, get_peft_model
 from pydantic import ValidationError
 from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from chattune.errors import DatasetInvalid, InvalidParameter
-from chattune.train.evaluate import (
-    EvaluateConfig,
-    generate_replies,
-    load_model,
-    load_tokenizer,
-    run_evaluate,
-    torch_dtype,
-)
-from chattune.train.metrics import bleu_scores, generation_metrics, rouge_scores
+from chattune.evaluate.replies import generate_replies, prompt_ids
+from chattune.evaluate.step import EvaluateConfig, run_evaluate
+from chattune.models.checkpoint import checkpoint
+from chattune.models.loading import load_model, load_tokenizer
 
 CONVERSATIONS = [
     [
@@ -143,8 +137,8 @@ def test_perplexity_matches_direct_computation(
     assert 3.0 < metrics["eval_loss"] < 10.0
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     assert (tmp_path / "predictions.jsonl").read_text() == ""
-    # batching (padding) does not change the result
-    one = run_evaluate(cfg(tiny_llama_dir, llama_data, tmp_path / "b1", batch_size=1))
+    # packing does not change the result: every conversation alone in its forward
+    one = run_evaluate(cfg(tiny_llama_dir, llama_data, tmp_path / "b1", packed_tokens=1))
     assert one["eval_loss"] == pytest.approx(metrics["eval_loss"], rel=1e-5)
 
 
@@ -165,16 +159,10 @@ def test_adapter_changes_perplexity(
 def test_half_precision_on_cpu_is_bf16_and_close(
     tiny_llama_dir: Path, llama_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The dtype rule itself is tested in tests/models/test_loading.py."""
     from chattune.host import machine
 
-    monkeypatch.setattr(machine, "cpu_bf16_supported", lambda: False)
-    assert torch_dtype("16", torch.device("cpu")) == torch.float32  # emulated bf16: too slow
-    assert torch_dtype("bf16", torch.device("cpu")) == torch.float32
-    monkeypatch.setattr(machine, "cpu_bf16_supported", lambda: True)
-    assert torch_dtype("16", torch.device("cpu")) == torch.bfloat16
-    assert torch_dtype("16", torch.device("cuda")) == torch.float16
-    assert torch_dtype("bf16", torch.device("cuda")) == torch.bfloat16
-    assert torch_dtype("32", torch.device("cpu")) == torch.float32
+    monkeypatch.setattr(machine, "cpu_bf16_supported", lambda: True)  # bf16 even if emulated
     full = run_evaluate(cfg(tiny_llama_dir, llama_data, tmp_path / "32"))
     half = run_evaluate(cfg(tiny_llama_dir, llama_data, tmp_path / "16", precision=16))
     assert half["eval_loss"] == pytest.approx(full["eval_loss"], rel=2e-2)
@@ -183,19 +171,18 @@ def test_half_precision_on_cpu_is_bf16_and_close(
 # -- generation ------------------------------------------------------------------------------
 
 
-def test_batched_left_padded_generation_equals_one_at_a_time(
+def test_batched_generation_equals_one_at_a_time(
     tiny_phi3_dir: Path, tiny_llama_dir: Path, llama_adapter: Path
 ) -> None:
     prompts = [c[:-1] for c in CONVERSATIONS[:3]]  # prompts of different lengths
     cpu = torch.device("cpu")
     for model_dir, adapter in ((tiny_phi3_dir, None), (tiny_llama_dir, llama_adapter)):
-        tok = load_tokenizer(model_dir)
-        model = load_model(model_dir, adapter, torch.float32, cpu)
-        lengths = {len(tok.apply_chat_template(p, tokenize=False)) for p in prompts}
-        assert len(lengths) == len(prompts)
-        batched = generate_replies(model, tok, prompts, 12, batch_size=3)
-        single = generate_replies(model, tok, prompts, 12, batch_size=1)
-        assert tok.padding_side == "left"
+        ckpt = checkpoint(model_dir, adapter)
+        tok = load_tokenizer(ckpt)
+        model, adapters = load_model(ckpt, device=cpu, dtype=torch.float32)
+        assert len({len(ids) for ids in prompt_ids(tok, prompts)}) == len(prompts)
+        batched = generate_replies(model, tok, prompts, 12, batch_size=3, adapters=adapters)
+        single = generate_replies(model, tok, prompts, 12, batch_size=1, adapters=adapters)
         assert batched == single
         assert any(batched), "the model generated nothing: the comparison would prove nothing"
 
@@ -239,40 +226,6 @@ def test_bleu_rouge_are_one_when_prediction_equals_reference(
     assert second["perplexity"] == first["perplexity"]
 
 
-# -- metric definitions ----------------------------------------------------------------------
-
-
-def test_bleu_is_corpus_bleu_with_13a_tokens() -> None:
-    preds = ["the cat sat on the mat today", "Hello, how are you doing?", "Paris is nice."]
-    refs = ["the cat sat on a mat today", "Hello, how are you today?", "Paris is the capital."]
-    ours = bleu_scores(preds, refs)
-    tok = Tokenizer13a()
-    hyp = [tok(p).split() for p in preds]
-    ref = [[tok(r).split()] for r in refs]
-    for n in (1, 2, 3, 4):
-        expected = corpus_bleu(ref, hyp, weights=[1.0 / n] * n)  # nltk, no smoothing
-        assert ours[f"bleu_{n}"] == pytest.approx(expected, rel=1e-9), n
-    assert 0 < ours["bleu_4"] < ours["bleu_1"] < 1
-    # no matching 4-gram anywhere and no smoothing: BLEU-4 is 0, BLEU-1 is not
-    short = bleu_scores(["a b c"], ["a b d"])
-    assert short["bleu_4"] == 0.0 and short["bleu_1"] == pytest.approx(2 / 3)
-
-
-def test_rouge_values_by_hand() -> None:
-    got = rouge_scores(["the cat sat", "Running dogs"], ["The cat ran", "running dog"])
-    # pair 1: unigrams 2/3 match, bigrams 1/2; pair 2: no stemming, so only "running" matches
-    assert got["rouge1"] == pytest.approx((2 / 3 + 1 / 2) / 2)
-    assert got["rouge2"] == pytest.approx((1 / 2 + 0) / 2)
-    assert got["rougeL"] == pytest.approx((2 / 3 + 1 / 2) / 2)
-    # rougeLsum works on newline-separated sentences: reordering them keeps it at 1, not rougeL
-    swapped = rouge_scores(["b c\na d"], ["a d\nb c"])
-    assert swapped["rougeLsum"] == pytest.approx(1.0) and swapped["rougeL"] < 1.0
-    all_metrics = generation_metrics(["same text here ok"], ["same text here ok"])
-    assert all(v == pytest.approx(1.0) for v in all_metrics.values()) and len(all_metrics) == 8
-    with pytest.raises(ValueError, match="one reference per prediction"):
-        rouge_scores(["a"], [])
-
-
 # -- inputs ----------------------------------------------------------------------------------
 
 
@@ -314,18 +267,13 @@ def test_bad_test_split_names_the_problem(
 def test_long_prompts_keep_their_last_tokens(tiny_llama_dir: Path) -> None:
     """max_prompt_tokens cuts prompts from the left: generation sees at most that many."""
     tok = load_tokenizer(tiny_llama_dir)
-    model = load_model(tiny_llama_dir, None, torch.float32, torch.device("cpu"))
-    seen: list[list[int]] = []
-    real = model.generate
-
-    def spy(**kw):
-        seen.append(kw["input_ids"][0].tolist())
-        return real(**kw)
-
-    model.generate = spy  # type: ignore[method-assign]
     long_prompt = [{"role": "user", "content": "Hello, how are you doing today? " * 20}]
-    full = generate_replies(model, tok, [long_prompt], 4, 1)
-    cut = generate_replies(model, tok, [long_prompt], 4, 1, max_prompt_tokens=12)
-    assert len(seen[0]) > 12 and len(seen[1]) == 12
-    assert seen[1] == seen[0][-12:]  # cut from the left: the generation prompt is kept
-    assert isinstance(full[0], str) and isinstance(cut[0], str)
+    [full] = prompt_ids(tok, [long_prompt])
+    [cut] = prompt_ids(tok, [long_prompt], max_prompt_tokens=12)
+    assert len(full) > 12 and cut == full[-12:]  # cut from the left: the generation prompt kept
+    assert tok.decode(cut).endswith("<|im_start|>assistant\n")
+    model, _ = load_model(
+        checkpoint(tiny_llama_dir), device=torch.device("cpu"), dtype=torch.float32
+    )
+    replies = generate_replies(model, tok, [long_prompt], 4, 1, max_prompt_tokens=12)
+    assert isinstance(replies[0], str)
