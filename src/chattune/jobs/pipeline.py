@@ -25,7 +25,6 @@ from typing import Any
 
 from chattune.data.validate import validate_file
 from chattune.errors import ChattuneError, DatasetError
-from chattune.evaluate.step import EvaluateConfig, run_evaluate
 from chattune.jobs import tracking
 from chattune.jobs.cache import input_key, step_dir
 from chattune.jobs.outputs import (
@@ -343,6 +342,9 @@ def evaluate(
     ctx: StepContext, model: ModelImportOutput, data: PreprocessOutput, trained: FinetuneOutput
 ) -> EvaluateOutput:
     """Perplexity and BLEU/ROUGE of generated replies on the test split."""
+    # torch and transformers load with the step, not with every CLI command that imports jobs
+    from chattune.evaluate.step import EvaluateConfig, run_evaluate
+
     p = ctx.params
     key = ctx.key(
         model=trained.finetune_key,
