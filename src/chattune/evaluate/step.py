@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -47,6 +46,7 @@ from chattune.evaluate.perplexity import PACKED_TOKENS, token_nll
 from chattune.evaluate.replies import generate_replies
 from chattune.models.checkpoint import checkpoint
 from chattune.models.loading import compute_dtype, load_model, load_tokenizer
+from chattune.workspace.files import write_atomic, write_json_atomic
 
 Log = Callable[[str], None]
 
@@ -146,11 +146,11 @@ def run_evaluate(cfg: EvaluateConfig, log: Log = lambda _msg: None) -> dict[str,
         ]
 
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(
+    write_atomic(
         cfg.output_dir / "predictions.jsonl",
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
     )
-    _write_atomic(cfg.output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_json_atomic(cfg.output_dir / "metrics.json", metrics)
     log(f"wrote {cfg.output_dir / 'metrics.json'}")
     return metrics
 
@@ -174,10 +174,3 @@ def _check_paths(cfg: EvaluateConfig) -> None:
         )
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

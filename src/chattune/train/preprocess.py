@@ -70,7 +70,7 @@ from chattune.train.preprocess_inputs import (
     row_at,
     rows_hint,
 )
-from chattune.train.preprocess_output import SPLITS, Outputs, write_json_atomic
+from chattune.train.preprocess_output import SPLITS, Outputs
 from chattune.train.preprocess_pool import (
     POOL_MIN_ROWS,
     EncodedChunk,
@@ -90,6 +90,7 @@ from chattune.train.preprocess_report import (  # noqa: F401  (re-exported)
     SplitStats,
     reason_slug,
 )
+from chattune.workspace.files import write_json_atomic
 
 Log = Callable[[str], None]
 

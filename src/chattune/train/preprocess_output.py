@@ -102,10 +102,3 @@ class Outputs:
         self.close()
         for name in self.names:
             self._tmp(name).unlink(missing_ok=True)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write `data` as JSON to a temporary name, then rename it to `path`."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
-    os.replace(tmp, path)

@@ -8,18 +8,17 @@ The marker is written under a temporary name and renamed, so it is never half th
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from chattune.workspace.files import write_atomic
 
 DONE = "_SUCCESS"
 
 
 def mark_done(folder: Path, info: dict[str, Any] | None = None) -> None:
     """Mark `folder` complete; `info` (JSON) says what completed it, e.g. a step number."""
-    tmp = folder / f".{DONE}.tmp"
-    tmp.write_text(json.dumps(info or {}))
-    os.replace(tmp, folder / DONE)
+    write_atomic(folder / DONE, json.dumps(info or {}))
 
 
 def is_done(folder: Path) -> bool:

@@ -40,7 +40,12 @@ def deploy(ws, endpoint: str, name: str, model: str, count: int = 1, **settings)
 
 
 def send_traffic(ws, endpoint: str, traffic: dict[str, int]) -> None:
-    assert control.apply(ws, endpoint, E.update_traffic(ws, endpoint, traffic))
+    stamp = E.update_traffic(ws, endpoint, traffic)
+    try:
+        assert control.apply(ws, endpoint, stamp)
+    except Exception:  # the supervisor's own account of why, in the test's report
+        print(control.log_path(ws, endpoint).read_text()[-4000:])
+        raise
 
 
 def score(ep: E.Endpoint, key: str | None = None) -> httpx.Response:

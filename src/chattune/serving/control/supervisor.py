@@ -17,7 +17,6 @@ The CLI side (start, signal and wait, stop) is `serving/control/lifecycle.py`.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import signal
 import sys
@@ -48,6 +47,7 @@ from chattune.serving.endpoints import Endpoint, endpoint_dir, get_endpoint, set
 from chattune.serving.gateway.auth import key_digest
 from chattune.serving.gateway.config import DeploymentTarget, GatewayConfig
 from chattune.workspace import Workspace
+from chattune.workspace.files import write_json_atomic
 
 GATEWAY_FACTORY = "chattune.serving.gateway.app:create_gateway"  # `CHATTUNE_GATEWAY` overrides
 TICK_S = 0.05  # the loop's period: process exits and probe results are seen this fast
@@ -434,9 +434,7 @@ class Supervisor:
 
 def _write_status(path: Path, pid: int, port: int | None, applied: float) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{pid}")
-    tmp.write_text(json.dumps({"pid": pid, "port": port, "applied": applied}))
-    os.replace(tmp, path)
+    write_json_atomic(path, {"pid": pid, "port": port, "applied": applied}, indent=None)
 
 
 def main(argv: list[str] | None = None) -> int:
