@@ -54,6 +54,12 @@ bench-t2: $(BENCH_STAMP)
 bench-t3: $(BENCH_STAMP)
 	$(PY) bench/t3_data.py $(BENCH_ARGS)
 
+# The evaluate step, the old padded way against the fast paths, beside the finetune step, on
+# the seed notebook's settings (issue 16; about 15 minutes on a quiet 2-core CPU)
+.PHONY: bench-eval
+bench-eval: $(STAMP)
+	$(PY) bench/eval_step.py $(BENCH_ARGS)
+
 # The whole suite (issue 6, BENCHMARKS.md): the contenders side by side, T1 training, T2
 # serving, T3 data (6k conversations), and the decode step's linears against the CPU's
 # bounds. Its time on the development machines is in bench/README.md.

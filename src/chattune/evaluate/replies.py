@@ -60,7 +60,7 @@ def generate_replies(
     Returns:
         Per prompt, the decoded text before the first end-of-sequence token (the model's and
         the tokenizer's eos, and the chat template's end of turn:
-        `serving.chat.stop_token_ids`), special tokens removed, stripped of surrounding
+        `models.eos.stop_token_ids`), special tokens removed, stripped of surrounding
         whitespace.
     """
     ids = prompt_ids(tokenizer, prompts, max_prompt_tokens)

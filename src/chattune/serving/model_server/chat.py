@@ -20,7 +20,6 @@ from chattune.errors import InvalidParameter
 log = logging.getLogger("chattune.serving")
 
 Messages = list[dict[str, str]]
-_PROBE = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello friend"}]
 
 
 class ChatTemplateRejected(InvalidParameter):
@@ -55,39 +54,6 @@ class ChatPrompter:
         """Prompt token ids for `messages`."""
         text = self.render(messages)
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def end_of_turn_ids(tokenizer: Any) -> list[int]:
-    """The special token(s) the chat template writes right after an assistant's reply
-    (`<|im_end|>`, `<|end|>`, `<|eot_id|>`), found by rendering a probe conversation."""
-    from chattune.train.preprocess import ChatEncoder
-
-    try:
-        text = ChatEncoder(tokenizer, fast=False).render(_PROBE)
-    except Exception:
-        return []
-    content = _PROBE[-1]["content"]
-    at = text.rfind(content)
-    if at < 0:
-        return []
-    tail = tokenizer(text[at + len(content) :], add_special_tokens=False)["input_ids"]
-    special = set(tokenizer.all_special_ids) | {
-        i for i, t in tokenizer.added_tokens_decoder.items() if t.special
-    }
-    return [tail[0]] if tail and tail[0] in special else []
-
-
-def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """Every id that ends an answer: generation_config's and config's eos (an int or a
-    list), the tokenizer's eos and the template's end-of-turn token."""
-    ids: list[int] = []
-    for src in (getattr(model, "generation_config", None), model.config):
-        eos = getattr(src, "eos_token_id", None) if src is not None else None
-        ids += [eos] if isinstance(eos, int) else list(eos or [])
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    ids += end_of_turn_ids(tokenizer)
-    return sorted(set(ids))
 
 
 def model_context_length(config: Any) -> int:

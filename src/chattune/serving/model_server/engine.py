@@ -48,12 +48,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from chattune.errors import ChattuneError, EngineError, InvalidParameter, ServiceUnavailable
+from chattune.models.eos import stop_token_ids
 from chattune.models.loading import BASE_ADAPTER
 from chattune.serving.model_server.chat import (
     Detokenizer,
     StopMatcher,
     model_context_length,
-    stop_token_ids,
 )
 
 if TYPE_CHECKING:  # transformers is imported by the engine thread, not by `schemas`' users
@@ -292,7 +292,7 @@ class Engine:
         adapters: the LoRA adapter names loaded in `model`.
         default_adapter: used when a request names none (None: the base model).
         eos_ids: token ids that end an answer; default: the model's eos ids and the chat
-            template's end-of-turn token (see `chattune.serving.model_server.chat.stop_token_ids`).
+            template's end-of-turn token (see `chattune.models.eos.stop_token_ids`).
         max_batch_size: most rows decoded together; later requests wait in the queue.
         context_length: prompt + answer limit in tokens (default: the model's).
         batch_cache: the class of the running batch's KV cache (default `kvcache.BatchCache`:
