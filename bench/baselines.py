@@ -5,11 +5,15 @@
 interface of `chattune.serving.model_server.kvcache.BatchCache`, so an engine built with
 `Engine(model, tok, batch_cache=ConcatBatchCache)` decodes as before the preallocated cache.
 tests/serving/model_server/test_kvcache.py also checks `BatchCache` against it.
+
+`prefill_one_at_a_time`: an engine that prefills each prompt alone, as before prompts that
+arrive together were packed into one forward.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from transformers import DynamicCache
@@ -52,3 +56,10 @@ class ConcatBatchCache(DynamicCache):
         for layer in self.layers:
             layer.keys = layer.keys.index_select(0, idx)[:, :, start:]
             layer.values = layer.values.index_select(0, idx)[:, :, start:]
+
+
+def prefill_one_at_a_time(engine: Any) -> Any:
+    """`engine` (a `chattune.serving.model_server.engine.Engine`, before its first request)
+    with each prompt prefilled alone: the benchmark's baseline of the packed prefill."""
+    engine._packed_prefill = False  # the engine's own fallback for models it cannot pack
+    return engine

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     import torch
-    from baselines import ConcatBatchCache
+    from baselines import ConcatBatchCache, prefill_one_at_a_time
     from torch.profiler import ProfilerActivity, profile
 
     from chattune.kernels.attention import KERNEL_ENV
@@ -133,11 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     ]
     ids = [tok(t, add_special_tokens=False)["input_ids"] for t in ids]
     params = SamplingParams(max_new_tokens=a.max_new_tokens)
-    off = {"batch_cache": ConcatBatchCache, "packed_prefill": False, "decode_attention": False}
+    # "alone": prompts prefilled one at a time (bench/baselines.py), not an engine option
+    off = {"batch_cache": ConcatBatchCache, "alone": True, "decode_attention": False}
     variants = {
         "baseline": off,
         "+kv": off | {"batch_cache": None},
-        "+packed": off | {"batch_cache": None, "packed_prefill": True},
+        "+packed": off | {"batch_cache": None, "alone": False},
         "+decode": {},  # the engine's defaults, on plain weights
         "+prepacked": {},
     }
@@ -155,10 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     for rep in range(a.repeats):
         for name in list(variants) if rep % 2 == 0 else list(variants)[::-1]:
             os.environ[KERNEL_ENV] = kernels.get(name, "auto")
+            options = dict(variants[name])
+            alone = options.pop("alone", False)
             engine = Engine(
                 models[name][0], tok, adapters=models[name][1],
-                max_batch_size=max(16, a.requests), **variants[name],
+                max_batch_size=max(16, a.requests), **options,
             )  # fmt: skip
+            if alone:
+                prefill_one_at_a_time(engine)
             engine.submit(ids[0], params).text()  # warm-up
             before = engine.stats()
             t0 = time.perf_counter()

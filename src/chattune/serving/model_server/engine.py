@@ -301,10 +301,6 @@ class Engine:
         prefill_tokens: prompt tokens prefilled per iteration before the running batch steps
             again (a longer single prompt still goes alone): bounds the stall a burst of
             arrivals causes.
-        packed_prefill: prefill the requests that arrive together (same adapter) in one
-            forward, packed back to back with per-prompt attention; needs the model's
-            attention to be sdpa (switched to `kernels.attention.PACKED_OR_SDPA`) or
-            flash_attention_2, else they are prefilled one at a time.
         decode_attention: decode steps attend with `kernels.attention.decode_attention_forward`
             (sdpa models on a CPU only, where it was measured; else sdpa), in runs of rows of
             similar length (`decode_buckets`; the batch's rows are kept longest first), so
@@ -323,7 +319,6 @@ class Engine:
         context_length: int | None = None,
         batch_cache: type | None = None,
         prefill_tokens: int = 1024,
-        packed_prefill: bool = True,
         decode_attention: bool = True,
     ) -> None:
         self.model = model
@@ -342,7 +337,10 @@ class Engine:
         self.device = next(model.parameters()).device
         # measured on CPUs only (BENCHMARKS.md): elsewhere decode steps keep sdpa's way
         decode_attention = decode_attention and self.device.type == "cpu"
-        self._packed_prefill, decode_on = _serving_attention(base, packed_prefill, decode_attention)
+        # prompts that arrive together (same adapter) are prefilled in one forward, packed
+        # back to back with per-prompt attention, where the model's attention is sdpa
+        # (switched to `kernels.attention.PACKED_OR_SDPA`) or flash attention; else one at a time
+        self._packed_prefill, decode_on = _serving_attention(base, True, decode_attention)
         # decode steps attend in length runs (`decode_buckets`), passed through the model's
         # forward to the attention as a keyword, where the forward takes **kwargs
         forward = inspect.signature(base.forward).parameters
