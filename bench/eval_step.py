@@ -105,12 +105,18 @@ def evaluate_config(job: dict[str, Any], output_dir: Path) -> dict[str, Any]:
 
 
 def _old_module(path: Path) -> Any:
-    """train/evaluate.py of `OLD_COMMIT`, its one moved import pointed at the new place."""
+    """train/evaluate.py of `OLD_COMMIT`, its moved imports pointed at their new places."""
     src = subprocess.run(
         ["git", "-C", str(ROOT), "show", f"{OLD_COMMIT}:{OLD_PATH}"],
         check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
-    path.write_text(src.replace("chattune.train.metrics", "chattune.evaluate.metrics"))
+    moved = {
+        "chattune.train.metrics": "chattune.evaluate.metrics",
+        "chattune.compute.machine": "chattune.host.machine",
+    }
+    for old, new in moved.items():
+        src = src.replace(old, new)
+    path.write_text(src)
     spec = importlib.util.spec_from_file_location("old_evaluate", path)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     sys.modules["old_evaluate"] = module  # pydantic resolves the config's annotations there
