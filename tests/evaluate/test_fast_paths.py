@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+from chattune.evaluate import replies as replies_mod
 from chattune.evaluate.inputs import last_turn_samples, read_conversations, read_tokenized
 from chattune.evaluate.metrics import generation_metrics
 from chattune.evaluate.perplexity import token_nll
@@ -120,12 +121,22 @@ def chatty_data(chatty_llama_dir: Path, tmp_path_factory) -> Path:
     )
 
 
-@pytest.mark.parametrize("adapter", [None, "a1"])
+@pytest.mark.parametrize(("adapter", "reuse"), [(None, False), ("a1", False), ("a1", True)])
 def test_fast_paths_give_the_padded_paths_metrics(
-    chatty_llama_dir: Path, llama_adapters: dict, chatty_data: Path, tmp_path: Path, adapter
+    chatty_llama_dir: Path,
+    llama_adapters: dict,
+    chatty_data: Path,
+    tmp_path: Path,
+    adapter,
+    reuse: bool,
+    monkeypatch,
 ) -> None:
+    """reuse: the replies' prompts start from the perplexity pass's keys and values (every
+    prompt qualifies, however short): the same replies, token for token."""
+    monkeypatch.setattr(replies_mod, "MIN_REUSED_TOKENS", 1 if reuse else 10**9)
     adapter_dir = llama_adapters[adapter] if adapter else None
     want, replies = padded_metrics(chatty_llama_dir, adapter_dir, chatty_data, 6, 24)
+    lines: list[str] = []
     assert len({len(r) for r in replies}) > 1, "replies of one length: no padding to handle"
     got = run_evaluate(
         EvaluateConfig(
@@ -137,8 +148,10 @@ def test_fast_paths_give_the_padded_paths_metrics(
             sample_size=6,
             max_new_tokens=24,
             packed_tokens=64,  # several packed rows, several conversations in some
-        )
+        ),
+        lines.append,
     )
+    assert any("reused from the perplexity pass" in x for x in lines) == reuse, lines
     assert set(got) == set(want)
     for key, value in want.items():
         assert got[key] == pytest.approx(value, rel=1e-3), key
@@ -155,7 +168,7 @@ def test_packed_perplexity_is_the_padded_one_in_bf16(chatty_llama_dir: Path, cha
     model, _ = load_model(
         checkpoint(chatty_llama_dir), device=torch.device("cpu"), dtype=torch.bfloat16
     )
-    got, m = token_nll(model, rows, max_tokens=64)
+    got, m, _ = token_nll(model, rows, max_tokens=64)
     assert m == n
     assert got == pytest.approx(want, rel=2e-2)
     assert model.config._attn_implementation == "sdpa"  # restored after the packed forward

@@ -181,8 +181,9 @@ def test_batched_generation_equals_one_at_a_time(
         tok = load_tokenizer(ckpt)
         model, adapters = load_model(ckpt, device=cpu, dtype=torch.float32)
         assert len({len(ids) for ids in prompt_ids(tok, prompts)}) == len(prompts)
-        batched = generate_replies(model, tok, prompts, 12, batch_size=3, adapters=adapters)
-        single = generate_replies(model, tok, prompts, 12, batch_size=1, adapters=adapters)
+        ids = prompt_ids(tok, prompts)
+        batched = generate_replies(model, tok, ids, 12, batch_size=3, adapters=adapters)
+        single = generate_replies(model, tok, ids, 12, batch_size=1, adapters=adapters)
         assert batched == single
         assert any(batched), "the model generated nothing: the comparison would prove nothing"
 
@@ -275,5 +276,41 @@ def test_long_prompts_keep_their_last_tokens(tiny_llama_dir: Path) -> None:
     model, _ = load_model(
         checkpoint(tiny_llama_dir), device=torch.device("cpu"), dtype=torch.float32
     )
-    replies = generate_replies(model, tok, [long_prompt], 4, 1, max_prompt_tokens=12)
+    replies = generate_replies(model, tok, [cut], 4, 1)
     assert isinstance(replies[0], str)
+
+
+def test_reusable_prefixes_take_the_longest_matching_prompts_within_the_budget(
+    tiny_llama_dir: Path, monkeypatch
+) -> None:
+    """A prompt reuses its row's tokens but its last, when it starts with enough of them;
+    the longest go first while their keys and values fit the budget."""
+    from chattune.evaluate import replies
+
+    model, _ = load_model(
+        checkpoint(tiny_llama_dir), device=torch.device("cpu"), dtype=torch.float32
+    )
+    monkeypatch.setattr(replies, "MIN_REUSED_TOKENS", 4)
+    per_token = replies.kv_bytes_per_token(model)
+    cfg = model.config
+    assert (
+        per_token
+        == cfg.num_hidden_layers
+        * 2
+        * cfg.num_key_value_heads
+        * (cfg.hidden_size // cfg.num_attention_heads)
+        * 4
+    )
+    rows = [(list(range(20)), [0] * 20), (list(range(10)), [0] * 10), (list(range(30)), [0] * 30)]
+    prompts = {
+        0: list(range(12)),  # a prefix of row 0: reuses 11 tokens
+        1: [*range(10), 99],  # the whole row then the generation prompt: 10
+        2: [7, *range(1, 30)],  # differs at the first token: nothing
+        5: list(range(12)),  # no such row
+    }
+    assert replies.reusable_prefixes(model, rows, prompts) == {0: 11, 1: 10}
+    # room for 11 tokens only: the longer one
+    assert replies.reusable_prefixes(model, rows, prompts, 11 * per_token) == {0: 11}
+    assert replies.reusable_prefixes(model, rows, prompts, 10 * per_token) == {1: 10}
+    monkeypatch.setattr(replies, "MIN_REUSED_TOKENS", 11)
+    assert replies.reusable_prefixes(model, rows, prompts) == {0: 11}

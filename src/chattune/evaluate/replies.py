@@ -4,17 +4,25 @@ Every prompt is submitted at once to a `serving.engine.Engine` over the evaluate
 prompts are prefilled packed (no padding), decoded together, and each leaves the batch as soon
 as it ends, so a short reply does not wait for the longest. The left-padded `generate`
 batches it replaced ran every row to the batch's longest reply.
+
+A prompt is the start of its test conversation, which the perplexity pass has just run
+through the same model: `reusable_prefixes` says which prompts are worth keeping that pass's
+keys and values for (long ones, within a memory budget), and the engine then prefills only
+the prompt's last token. On the seed's notebook settings one 8,192-token test conversation
+was otherwise run twice (BENCHMARKS.md, "Evaluation step").
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from chattune.evaluate.inputs import Conversation
 from chattune.serving.model_server.engine import Engine, SamplingParams
 
 Log = Callable[[str], None]
+MIN_REUSED_TOKENS = 512  # shorter prompts are prefilled packed together: cheap, no memory kept
+PREFIX_BUDGET_BYTES = 1 << 30  # most keys and values kept from the perplexity pass at once
 
 
 def prompt_ids(
@@ -34,28 +42,75 @@ def prompt_ids(
     return out
 
 
+def reusable_prefixes(
+    model: Any,
+    rows: Sequence[tuple[list[int], list[int]]],
+    prompts: Mapping[int, list[int]],
+    budget_bytes: int = PREFIX_BUDGET_BYTES,
+) -> dict[int, int]:
+    """Row index -> how many of its first tokens' keys and values the perplexity pass keeps.
+
+    `prompts` maps a row of `rows` (the tokenized test split) to the prompt ids generated
+    from the same conversation. A row qualifies when the prompt starts with at least
+    `MIN_REUSED_TOKENS` of its tokens (a prompt cut by `max_prompt_tokens`, or rendered
+    differently, does not); it keeps the common tokens but the prompt's last, which the
+    engine prefills for the first logits. The longest go first, while their keys and values
+    (the model's layers x 2 x key/value heads x head size, in its dtype) fit `budget_bytes`.
+    """
+    per_token = kv_bytes_per_token(model)
+    wanted = []
+    for row, ids in prompts.items():
+        if not 0 <= row < len(rows):
+            continue
+        n = _common_prefix(rows[row][0], ids[:-1])
+        if n >= MIN_REUSED_TOKENS:
+            wanted.append((n, row))
+    out, used = {}, 0
+    for n, row in sorted(wanted, reverse=True):
+        if used + n * per_token <= budget_bytes:
+            out[row], used = n, used + n * per_token
+    return out
+
+
+def kv_bytes_per_token(model: Any) -> int:
+    """Bytes of keys and values one token takes in `model`'s KV cache."""
+    cfg = model.config
+    heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    item = next(model.parameters()).element_size()
+    return cfg.num_hidden_layers * 2 * kv_heads * head_dim * item
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
 def generate_replies(
     model: Any,
     tokenizer: Any,
-    prompts: Sequence[Conversation],
+    prompts: Sequence[list[int]],
     max_new_tokens: int,
     batch_size: int,
     log: Log = lambda _msg: None,
     *,
-    max_prompt_tokens: int | None = None,
     adapters: Sequence[str] = (),
+    prefixes: Sequence[Any] = (),
 ) -> list[str]:
-    """The model's greedy reply to each conversation.
+    """The model's greedy reply to each prompt.
 
     Args:
         model: a causal LM in eval mode (a `PeftModel` when `adapters` are loaded).
         tokenizer: its tokenizer, with a chat template.
-        prompts: the conversations to reply to.
+        prompts: the prompts' token ids (`prompt_ids`).
         max_new_tokens: longest reply, in tokens.
         batch_size: most replies decoded together.
         log: called as replies finish ("generated 16/50").
-        max_prompt_tokens: prompts longer than this keep their last tokens (None: all).
         adapters: the adapters loaded in `model`; replies use the first.
+        prefixes: per prompt, None or a `DynamicCache` of its first tokens computed by
+            `model` with that adapter (`perplexity.token_nll(keep_prefix=...)`); the engine
+            prefills only the rest.
 
     Returns:
         Per prompt, the decoded text before the first end-of-sequence token (the model's and
@@ -63,7 +118,6 @@ def generate_replies(
         `models.eos.stop_token_ids`), special tokens removed, stripped of surrounding
         whitespace.
     """
-    ids = prompt_ids(tokenizer, prompts, max_prompt_tokens)
     engine = Engine(
         model,
         tokenizer,
@@ -72,15 +126,16 @@ def generate_replies(
         max_batch_size=batch_size,
     )
     params = SamplingParams(max_new_tokens=max_new_tokens)
+    caches = list(prefixes) + [None] * (len(prompts) - len(prefixes))
     replies: list[str] = []
     try:
-        handles = [engine.submit(x, params) for x in ids]
+        handles = [engine.submit(x, params, prefix=c) for x, c in zip(prompts, caches, strict=True)]
         for h in handles:
             h.text()  # blocks until the reply is finished
             stop = next((k for k, t in enumerate(h.token_ids) if t in engine.eos_ids), None)
             text = tokenizer.decode(h.token_ids[:stop], skip_special_tokens=True)
             replies.append(text.strip())
-            log(f"generated {len(replies)}/{len(ids)}")
+            log(f"generated {len(replies)}/{len(prompts)}")
     finally:
         engine.stop()
     return replies

@@ -43,7 +43,7 @@ from chattune.errors import InvalidParameter
 from chattune.evaluate.inputs import last_turn_samples, read_conversations, read_tokenized
 from chattune.evaluate.metrics import generation_metrics
 from chattune.evaluate.perplexity import PACKED_TOKENS, token_nll
-from chattune.evaluate.replies import generate_replies
+from chattune.evaluate.replies import generate_replies, prompt_ids, reusable_prefixes
 from chattune.models.checkpoint import checkpoint
 from chattune.models.loading import compute_dtype, load_model, load_tokenizer
 from chattune.workspace.files import write_atomic, write_json_atomic
@@ -120,24 +120,35 @@ def run_evaluate(cfg: EvaluateConfig, log: Log = lambda _msg: None) -> dict[str,
     )
     model, adapters = load_model(ckpt, device=device, dtype=compute_dtype(cfg.precision, device))
 
-    loss, n_tokens = token_nll(model, rows, cfg.packed_tokens, log)
-    metrics = {"eval_loss": loss, "perplexity": math.exp(loss) if loss < 700 else math.inf}
-    log(f"eval_loss {loss:.4f}, perplexity {metrics['perplexity']:.4f} over {n_tokens} tokens")
-
     records: list[dict[str, Any]] = []
     samples = last_turn_samples(conversations, cfg.sample_size)
     if cfg.sample_size and not samples:
         log("no test conversation has an assistant message: BLEU/ROUGE skipped")
+    prompts = prompt_ids(tokenizer, [p for _, p, _ in samples], cfg.max_prompt_tokens)
+    # test_messages.jsonl line i is test.parquet row i (preprocess writes both per test row);
+    # `reusable_prefixes` checks the tokens anyway
+    by_row = {i: x for (i, _, _), x in zip(samples, prompts, strict=True)}
+    keep = reusable_prefixes(model, rows, by_row)
+
+    loss, n_tokens, prefixes = token_nll(model, rows, cfg.packed_tokens, log, keep_prefix=keep)
+    metrics = {"eval_loss": loss, "perplexity": math.exp(loss) if loss < 700 else math.inf}
+    log(f"eval_loss {loss:.4f}, perplexity {metrics['perplexity']:.4f} over {n_tokens} tokens")
+
     if samples:
+        if prefixes:
+            reused = sum(c.get_seq_length() for c in prefixes.values())
+            log(
+                f"{reused} prompt tokens of {len(prefixes)} replies reused from the perplexity pass"
+            )
         predictions = generate_replies(
             model,
             tokenizer,
-            [p for _, p, _ in samples],
+            prompts,
             cfg.max_new_tokens,
             cfg.batch_size,
             log,
-            max_prompt_tokens=cfg.max_prompt_tokens,
             adapters=adapters,
+            prefixes=[prefixes.pop(i, None) for i, _, _ in samples],
         )
         metrics.update(generation_metrics(predictions, [r for _, _, r in samples]))
         records = [
@@ -172,5 +183,3 @@ def _check_paths(cfg: EvaluateConfig) -> None:
             fix="point the fields named above at the outputs of the finetune and preprocess "
             "steps (or set `sample_size` to 0 to skip generation).",
         )
-
-

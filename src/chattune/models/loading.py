@@ -216,3 +216,12 @@ def _adapter_dirs(ckpt: Checkpoint, adapters: Mapping[str, Path]) -> dict[str, P
             )
         named[name] = sub.adapter_dir
     return named
+
+
+def cache_keyword(model: Any) -> str:
+    """The keyword a causal LM's forward takes its KV cache by: transformers 5.24 renamed
+    `past_key_values` to `cache` (the old name goes in 5.40). `model` may be a `PeftModel`."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"

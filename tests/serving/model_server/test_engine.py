@@ -11,7 +11,7 @@ import torch
 
 from chattune.errors import ChattuneError, InvalidParameter
 from chattune.models.checkpoint import resolve_checkpoint
-from chattune.models.loading import load_model, load_tokenizer
+from chattune.models.loading import cache_keyword, load_model, load_tokenizer
 from chattune.serving.model_server.chat import ChatPrompter, Detokenizer
 from chattune.serving.model_server.engine import Engine, SamplingParams, sample_next
 
@@ -349,5 +349,53 @@ def test_an_unexpected_error_fails_the_batch_not_the_engine(chatty_llama_dir, mo
         good.text()
         assert good.completion_tokens == 5 and engine.alive()
         assert engine.stats()["failed"] == 2
+    finally:
+        engine.stop()
+
+
+@pytest.mark.parametrize("which", ["chatty_llama_dir", "chatty_phi3_dir"])
+def test_a_prefix_cache_prefills_only_the_rest_with_the_same_tokens(which, request):
+    """A caller's keys and values of a prompt's first tokens (a perplexity pass's): the engine
+    prefills only the tokens after them and decodes what a full prefill decodes."""
+    from transformers import DynamicCache
+
+    engine = _load(request.getfixturevalue(which), max_batch_size=4)
+    try:
+        prompter = ChatPrompter(engine.tokenizer)
+        prompts = [prompter.encode([{"role": "user", "content": q}]) for q in QUESTIONS[:4]]
+        params = SamplingParams(max_new_tokens=16)
+        prefixes = []
+        for p in prompts[:2]:  # two with a prefix (of different lengths), two without
+            cache = DynamicCache()
+            with torch.inference_mode():
+                engine.model(
+                    input_ids=torch.tensor([p[: len(p) - 2]]),
+                    **{cache_keyword(engine.model): cache},
+                )
+            prefixes.append(cache)
+        handles = [engine.submit(p, params, prefix=c) for p, c in
+                   zip(prompts, [*prefixes, None, None], strict=True)]  # fmt: skip
+        for p, h in zip(prompts, handles, strict=True):
+            h.text()
+            assert h.token_ids == _reference(engine.model, p, 16, engine.eos_ids)
+        stats = engine.stats()
+        assert stats["cached_prompt_tokens"] == sum(len(p) - 2 for p in prompts[:2])
+        assert stats["prompt_tokens"] == sum(len(p) for p in prompts)
+    finally:
+        engine.stop()
+
+
+def test_a_prefix_as_long_as_the_prompt_is_refused(chatty_llama_dir):
+    from transformers import DynamicCache
+
+    engine = _load(chatty_llama_dir)
+    try:
+        prompt = ChatPrompter(engine.tokenizer).encode([{"role": "user", "content": "Hello"}])
+        cache = DynamicCache()
+        with torch.inference_mode():
+            engine.model(input_ids=torch.tensor([prompt]), **{cache_keyword(engine.model): cache})
+        with pytest.raises(InvalidParameter, match=f"holds {len(prompt)} tokens") as err:
+            engine.submit(prompt, SamplingParams(max_new_tokens=4), prefix=cache)
+        assert "but its last" in err.value.fix
     finally:
         engine.stop()
