@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 
 import typer
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
@@ -12,8 +14,10 @@ from chattune.cli import compute, data, deployment, endpoint, job, model
 from chattune.cli.common import WorkspaceOpt, err_console, open_workspace
 from chattune.errors import ChattuneError
 from chattune.serving.control.lifecycle import bring_up
+from chattune.serving.control.watch import CHECK_S, Watcher, say
 from chattune.serving.deployments import list_deployments
 from chattune.serving.endpoints import list_endpoints
+from chattune.workspace import Workspace
 
 app = typer.Typer(
     name="chattune",
@@ -39,13 +43,27 @@ def version() -> None:
 def up(
     workspace: WorkspaceOpt = None,
     timeout: float = typer.Option(900.0, help="Seconds to wait for each deployment."),
+    watch: bool = typer.Option(
+        False,
+        "--watch",
+        help="Keep every endpoint running: restart one whose supervisor dies or hangs "
+        "(backoff 1, 2, 4 ... 60 s); runs until SIGTERM or Ctrl-C, which leave the endpoints "
+        "running.",
+    ),
+    interval: float = typer.Option(
+        CHECK_S, min=0.1, help="With --watch: seconds between two checks of the endpoints."
+    ),
 ) -> None:
     """Bring back every stopped endpoint: same port, keys, deployments and traffic.
 
     Run it after a machine restart; it waits until each deployment is ready (or failed).
+    With --watch it does not wait: it starts what is stopped and keeps checking.
     """
 
     ws = open_workspace(workspace)
+    if watch:
+        _watch(ws, interval)
+        return
     started = bring_up(ws, timeout)
     for ep in started:
         states = ", ".join(f"{d.name} {d.state}" for d in list_deployments(ws, ep.name))
@@ -53,6 +71,16 @@ def up(
     if not started:
         known = list_endpoints(ws)
         print("every endpoint is already running" if known else "no endpoints in this workspace")
+
+
+def _watch(ws: Workspace, interval: float) -> None:
+    """`up --watch`: run the watcher in the foreground until SIGTERM or SIGINT."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    say(f"watching the endpoints of {ws.root} every {interval:g} s (SIGTERM or Ctrl-C stops)")
+    Watcher(ws, check_s=interval).run(stop)
+    say("stopped watching; the endpoints keep running")
 
 
 @app.command()

@@ -1,10 +1,16 @@
 """The CLI's side of the supervisor: start it detached, signal it and wait until a change is
 live, wait for deployments, stop and delete endpoints, bring every endpoint back (`up`).
-`serving/service.py` composes these with the row writes.
+`serving/service.py` composes these with the row writes; `watch.py` (`chattune up --watch`)
+restarts supervisors that die or hang.
 
 A change is live when the supervisor's status file (`supervisor.json`) acknowledges an
 endpoint stamp at least as new as the one the change wrote: the CLI sends SIGHUP and waits
 for that, never for a fixed time.
+
+A supervisor is started only by `spawn_supervisor`, under the endpoint's lock
+(`locks/endpoint-<name>.lock`), and only when none runs: `chattune up`, `endpoint create`
+and any number of watchers may race to start one, and one starts. `delete_endpoint` holds
+the same lock, so nothing restarts an endpoint while it is being deleted.
 """
 
 from __future__ import annotations
@@ -15,11 +21,11 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import httpx
 
-from chattune.errors import DeploymentFailed, EndpointError
+from chattune.errors import DeploymentFailed, EndpointError, EndpointNotFound
 from chattune.serving.control.instances import port_free
 from chattune.serving.control.supervisor import status_path
 from chattune.serving.deployments import (
@@ -36,10 +42,11 @@ from chattune.serving.endpoints import (
     list_endpoints,
     set_endpoint_fields,
 )
-from chattune.workspace import Workspace
+from chattune.workspace import Workspace, file_lock
 from chattune.workspace.processes import pid_alive, spawn_detached
 
 POLL_S = 0.02
+HEALTH_TIMEOUT_S = 2.0  # a gateway slower than this to answer `/health` does not answer
 
 
 def log_path(ws: Workspace, endpoint: str) -> os.PathLike:
@@ -54,12 +61,50 @@ def _log_tail(ws: Workspace, endpoint: str, n: int = 5) -> str:
     return " | ".join(lines[-n:])
 
 
-def spawn_supervisor(ws: Workspace, endpoint: str) -> int:
-    """Start the supervisor of `endpoint` detached (own session: it outlives the CLI)."""
-    args = ["chattune.serving.control.supervisor", str(ws.root), endpoint]
-    pid = spawn_detached(args, log_path(ws, endpoint))
-    set_endpoint_fields(ws, endpoint, bump=False, pid=pid, state="creating", error=None)
-    return pid
+@contextlib.contextmanager
+def endpoint_lock(ws: Workspace, endpoint: str, *, wait: bool = True) -> Iterator[bool]:
+    """Hold the lock that serialises starting, replacing and deleting `endpoint`'s supervisor.
+    `wait=False`: the block gets False at once when another process holds it."""
+    with file_lock(ws.lock_path(f"endpoint-{endpoint}"), wait=wait) as held:
+        yield held
+
+
+def spawn_supervisor(
+    ws: Workspace, endpoint: str, *, replace: int | None = None, wait: bool = True
+) -> int | None:
+    """Start the supervisor of `endpoint` detached (own session: it outlives the CLI), unless
+    one runs. The one way a supervisor starts: `endpoint create`, `chattune up` and
+    `chattune up --watch` all come here, and the endpoint's lock makes the check and the
+    start one step, so two of them racing start one supervisor.
+
+    Args:
+        replace: the pid of a supervisor found running but not answering: stop it (SIGTERM,
+            then SIGKILL) and start a new one, unless the endpoint's supervisor is no longer
+            that process (someone replaced it meanwhile).
+        wait: wait for another holder of the lock; False returns None at once instead (a
+            watcher: whoever holds the lock is dealing with this endpoint).
+
+    Returns:
+        The pid of the supervisor started; None when none was started: one runs, the endpoint
+        is gone or being deleted, or (`wait=False`) the lock was taken.
+    """
+    with endpoint_lock(ws, endpoint, wait=wait) as held:
+        if not held:
+            return None
+        try:
+            ep = get_endpoint(ws, endpoint)
+        except EndpointNotFound:
+            return None
+        if ep.state == "deleting":
+            return None
+        if pid_alive(ep.pid):
+            if replace is None or ep.pid != replace:
+                return None
+            stop_endpoint(ws, endpoint, timeout_s=9.0)  # SIGKILL after 6 s: it hangs
+        args = ["chattune.serving.control.supervisor", str(ws.root), endpoint]
+        pid = spawn_detached(args, log_path(ws, endpoint))
+        set_endpoint_fields(ws, endpoint, bump=False, pid=pid, state="creating", error=None)
+        return pid
 
 
 def _status(ws: Workspace, endpoint: str) -> dict:
@@ -67,6 +112,21 @@ def _status(ws: Workspace, endpoint: str) -> dict:
         return json.loads(status_path(ws, endpoint).read_text())
     except (OSError, ValueError):
         return {}
+
+
+def serving(ws: Workspace, ep: Endpoint) -> bool:
+    """Whether the supervisor recorded in `ep` runs and has published its first config (its
+    status file names its pid): from then on its gateway listens on `ep.port`."""
+    return pid_alive(ep.pid) and _status(ws, ep.name).get("pid") == ep.pid
+
+
+def gateway_answers(client: httpx.Client, ep: Endpoint) -> bool:
+    """Whether the gateway of `ep` answers `GET /health` within `HEALTH_TIMEOUT_S`."""
+    try:
+        client.get(f"http://127.0.0.1:{ep.port}/health", timeout=HEALTH_TIMEOUT_S)
+    except httpx.HTTPError:
+        return False
+    return True
 
 
 def wait_running(ws: Workspace, endpoint: str, timeout_s: float = 120.0) -> Endpoint:
@@ -86,12 +146,8 @@ def wait_running(ws: Workspace, endpoint: str, timeout_s: float = 120.0) -> Endp
                     f"log: {_log_tail(ws, endpoint)}",
                     fix=f"read {log_path(ws, endpoint)}, fix the cause, then `chattune up`.",
                 )
-            if _status(ws, endpoint).get("pid") == ep.pid:
-                try:
-                    client.get(f"http://127.0.0.1:{ep.port}/health", timeout=2.0)
-                    return get_endpoint(ws, endpoint)
-                except httpx.HTTPError:
-                    pass
+            if serving(ws, ep) and gateway_answers(client, ep):
+                return get_endpoint(ws, endpoint)
             time.sleep(POLL_S * 5)
     raise EndpointError(
         f"the gateway of {endpoint!r} did not answer within {timeout_s:.0f} s.",
@@ -208,11 +264,13 @@ def stop_endpoint(ws: Workspace, name: str, timeout_s: float = 30.0) -> None:
 
 
 def delete_endpoint(ws: Workspace, name: str) -> None:
-    """Stop every process of `name`, wait for its ports, remove its rows and its folder."""
-    set_endpoint_fields(ws, name, bump=False, state="deleting")
-    stop_endpoint(ws, name)
-    delete_endpoint_rows(ws, name)
-    shutil.rmtree(endpoint_dir(ws, name), ignore_errors=True)
+    """Stop every process of `name`, wait for its ports, remove its rows and its folder.
+    Under the endpoint's lock: no watcher restarts it halfway."""
+    with endpoint_lock(ws, name):
+        set_endpoint_fields(ws, name, bump=False, state="deleting")
+        stop_endpoint(ws, name)
+        delete_endpoint_rows(ws, name)
+        shutil.rmtree(endpoint_dir(ws, name), ignore_errors=True)
 
 
 def bring_up(ws: Workspace, timeout_s: float = 900.0) -> list[Endpoint]:
@@ -223,13 +281,7 @@ def bring_up(ws: Workspace, timeout_s: float = 900.0) -> list[Endpoint]:
     Returns:
         the endpoints it started.
     """
-    started = []
-    for ep in list_endpoints(ws):
-        if ep.state == "deleting":
-            continue
-        if not pid_alive(ep.pid):
-            spawn_supervisor(ws, ep.name)
-            started.append(ep.name)
+    started = [ep.name for ep in list_endpoints(ws) if spawn_supervisor(ws, ep.name)]
     for name in started:
         wait_running(ws, name)
     for name in started:
