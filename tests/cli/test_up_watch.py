@@ -85,6 +85,7 @@ def test_up_watch_brings_back_an_endpoint_whose_supervisor_was_killed(
         again = E.get_endpoint(ws, "watch-ep")
         assert again.port == ep.port and again.primary_key == ep.primary_key
         text = log.read_text()
+        print(text)
         assert f"endpoint watch-ep: its supervisor (pid {victim}) is not running" in text
         assert f"restarted it (attempt 1, supervisor pid {again.pid})" in text
 
