@@ -98,3 +98,31 @@ def test_up_watch_brings_back_an_endpoint_whose_supervisor_was_killed(
             watcher.kill()
             watcher.wait(10)
         kill_all(str(tmp_path))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_up_watch_stops_cleanly_on_a_signal(workspace, tmp_path: Path, sig: int) -> None:
+    log = tmp_path / "watch.log"
+    with log.open("wb") as out:
+        watcher = subprocess.Popen(
+            [
+                *chattune_cmd(),
+                "up",
+                "--watch",
+                "--interval",
+                "0.1",
+                "--workspace",
+                str(workspace.root),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: "watching the endpoints" in log.read_text(), what="the watcher")
+        watcher.send_signal(sig)
+        assert watcher.wait(30) == 0, log.read_text()
+        assert log.read_text().rstrip().endswith("stopped watching; the endpoints keep running")
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait(10)
