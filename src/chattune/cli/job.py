@@ -13,6 +13,7 @@ from rich.table import Table
 
 from chattune.cli.common import JsonOpt, WorkspaceOpt, console, open_workspace, print_json
 from chattune.errors import InvalidParameter
+from chattune.jobs.nodes import join as join_job
 from chattune.jobs.service import cancel_job, resume_job, submit_job
 from chattune.jobs.spec import load_job_yaml
 from chattune.jobs.store import get_job, list_jobs
@@ -214,3 +215,15 @@ def resume(
     console.print(f"resumed job {job.name}; follow it with: chattune job stream {name}")
     if stream:
         raise typer.Exit(_follow(ws, name))
+
+
+@app.command()
+def join(name: str, workspace: WorkspaceOpt = None) -> None:
+    """Train job NAME's finetune step from this node too (`num_nodes_finetune` > 1).
+
+    Run it on every node but the one that created the job, with the same workspace folder
+    (a shared file system) and CHATTUNE_RDZV_ENDPOINT=host:port set on every node. It waits for
+    the finetune step to start and exits with this node's torchrun exit code.
+    """
+    ws = open_workspace(workspace)
+    raise typer.Exit(join_job(ws, name, lambda line: console.print(line, markup=False)))

@@ -27,6 +27,7 @@ from chattune.data.validate import validate_file
 from chattune.errors import ChattuneError, DatasetError
 from chattune.jobs import tracking
 from chattune.jobs.cache import input_key, step_dir
+from chattune.jobs.nodes import CONFIG_FILE, launch_command
 from chattune.jobs.outputs import (
     ConvertOutput,
     DataFileSummary,
@@ -270,7 +271,7 @@ def finetune(ctx: StepContext, model: ModelImportOutput, data: PreprocessOutput)
         mlflow_tracking_uri=ctx.ws.mlflow_tracking_uri,
         mlflow_run_id=ctx.run_id,
     )
-    cfg_file = job_dir(ctx.ws, ctx.job.name) / "finetune_config.json"
+    cfg_file = job_dir(ctx.ws, ctx.job.name) / CONFIG_FILE
     cfg_file.write_text(cfg.model_dump_json(indent=2))
     with file_lock(ctx.ws.lock_path(f"finetune-{key}")):
         code = _run_finetune_process(ctx, cfg_file)
@@ -300,32 +301,8 @@ def finetune(ctx: StepContext, model: ModelImportOutput, data: PreprocessOutput)
     )
 
 
-def _launch_command(p: FinetuneParams, cfg_file: Path) -> list[str]:
-    procs = max(p.number_of_gpu_to_use_finetuning, 1)
-    if procs * p.num_nodes_finetune == 1:
-        return [sys.executable, "-m", "chattune.train.finetune", str(cfg_file)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}"]
-    if p.num_nodes_finetune > 1:
-        endpoint = os.environ.get("CHATTUNE_RDZV_ENDPOINT")
-        if not endpoint:
-            raise StepFailed(
-                f"num_nodes_finetune={p.num_nodes_finetune} needs a rendezvous point shared by "
-                "the nodes.",
-                fix="set CHATTUNE_RDZV_ENDPOINT=host:port and run the job on every node, or "
-                "set num_nodes_finetune to 1.",
-            )
-        cmd += [
-            f"--nnodes={p.num_nodes_finetune}",
-            "--rdzv_backend=c10d",
-            f"--rdzv_endpoint={endpoint}",
-        ]
-    else:
-        cmd += ["--standalone"]
-    return [*cmd, "-m", "chattune.train.finetune", str(cfg_file)]
-
-
 def _run_finetune_process(ctx: StepContext, cfg_file: Path) -> int:
-    cmd = _launch_command(ctx.params, cfg_file)
+    cmd = launch_command(ctx.params, cfg_file, ctx.job.name)
     ctx.log("launching: " + " ".join(cmd))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(cmd, stdout=sys.stdout, stderr=sys.stderr, env=env)
