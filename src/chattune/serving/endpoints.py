@@ -302,7 +302,7 @@ def _move_clear_keys(ws: Workspace) -> None:
                 conn.execute(
                     f"UPDATE endpoints SET {sets} WHERE name = ?", (*digests.values(), row["name"])
                 )
-    scrub(ws.db())
+    scrub(ws.db_path)
 
 
 def set_endpoint_fields(ws: Workspace, name: str, *, bump: bool = True, **columns: Any) -> float:

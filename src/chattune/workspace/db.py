@@ -188,13 +188,18 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         )
 
 
-def scrub(conn: sqlite3.Connection) -> None:
-    """Leave no copy of overwritten or deleted rows on disk: VACUUM rewrites the database
-    without its free space, and a TRUNCATE checkpoint copies the WAL back and empties it
-    (its old frames would keep every former version of a page). It waits for other
-    connections' readers; call it outside a transaction, after removing a secret."""
-    conn.execute("VACUUM")
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+def scrub(path: Path) -> None:
+    """Leave no copy of overwritten or deleted rows of the database at `path` on disk: VACUUM
+    rewrites it without its free space, and a TRUNCATE checkpoint copies the WAL back and
+    empties it (its old frames would keep former versions of pages). On a connection of its
+    own, so no statement of the caller's is in its way; the checkpoint waits (busy timeout)
+    for other connections' readers. Call it after removing a secret from the database."""
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    try:
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
 
 
 @contextmanager
