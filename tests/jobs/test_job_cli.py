@@ -307,16 +307,25 @@ def test_bad_parameters_rejected_before_any_work(workspace, tiny_llama_dir, chat
     assert not (workspace.jobs_dir / "bad").exists()
 
 
-def test_too_few_rows_fails_with_message(
-    workspace, tiny_llama_dir, tmp_path, capsys, kill_leftovers
-):
+def test_too_few_rows_are_refused_at_creation(workspace, tiny_llama_dir, tmp_path, capsys):
     from tests.jobs.conftest import write_chats
 
     files = {
         "train": write_chats(tmp_path / "t.jsonl", 6),
         "test": write_chats(tmp_path / "s.jsonl", 3),
     }
-    assert create(workspace, tiny_llama_dir, files, "few", "--stream") == 1
-    job = get_job(workspace, "few")
+    assert create(workspace, tiny_llama_dir, files, "few", "--stream") == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "5 are left for training after moving the last 20% to validation" in err
+    assert not (workspace.jobs_dir / "few").exists()
+
+
+def test_rows_lost_in_preprocess_fail_the_job_with_message(
+    workspace, tiny_llama_dir, chat_files, kill_leftovers
+):
+    # the files pass the check at creation; truncation to 4 tokens leaves nothing to learn
+    extra = ["--set", "max_seq_length=4", "--stream"]
+    assert create(workspace, tiny_llama_dir, chat_files, "short", *extra) == 1
+    job = get_job(workspace, "short")
     assert job.status == "Failed" and job.steps["preprocess"]["status"] == "Failed"
-    assert "10" in job.error and job.steps["finetune"]["status"] == "Skipped"
+    assert "max_seq_length" in job.error and job.steps["finetune"]["status"] == "Skipped"
