@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from chattune.data import schema
-from chattune.data.validate import iter_checked, iter_conversations, validate_file
+from chattune.data.validate import iter_checked, iter_conversations, unusable, validate_file
 from chattune.errors import DatasetInvalid
 from tests.data.helpers import chat, table_rows, write_jsonl
 
@@ -148,3 +148,43 @@ def test_iter_conversations_can_skip_bad_rows(bad_file: Path) -> None:
     rows = list(iter_conversations(bad_file, skip_invalid=True))
     assert [r["messages"][0]["content"] for r in rows] == ["hello", "a"]
     assert sum(1 for c in iter_checked(bad_file) if not c.ok) == 14
+
+
+def test_an_empty_file_is_unusable_and_validate_exits_1(cli, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")  # blank lines are not rows
+    report = validate_file(empty)
+    assert report.total == 0 and not report.ok
+    nothing = unusable(report)
+    assert nothing is not None and nothing.problem == "is empty: it holds no rows"
+    res = cli("data", "validate", empty)
+    assert res.code == 1
+    assert "all rows valid" not in res.out
+    assert f"{empty} is empty: it holds no rows." in res.flat_err
+    assert 'one a line: {"messages": [{"role": "user"' in res.flat_err
+
+
+def test_a_file_with_no_usable_conversation_says_so_by_line(cli, tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.jsonl"
+    garbage.write_bytes(b"\x00\x01binary\nnot json at all\n{oops\nlast\n")
+    res = cli("data", "validate", garbage)
+    assert res.code == 1
+    assert f"{garbage} is not JSON lines: none of its 4 rows can be read (line 1: invalid" in (
+        res.flat_err
+    )
+    assert "; and 1 more)" in res.flat_err and "write garbage.jsonl as JSON lines" in res.flat_err
+    lonely = write_jsonl(tmp_path / "lonely.jsonl", [msgs((U, "hi"))] * 2)
+    nothing = unusable(validate_file(lonely))
+    assert nothing is not None
+    assert nothing.problem == (
+        "has no usable conversation: all 2 rows break the conversation schema "
+        "(line 1: one message or fewer: only 1 message; line 2: one message or fewer: "
+        "only 1 message)"
+    )
+    assert f"chattune data validate {lonely}" in nothing.fix
+
+
+def test_a_file_with_one_good_row_is_usable(tmp_path: Path) -> None:
+    f = write_jsonl(tmp_path / "mixed.jsonl", ["{oops", chat("a", "b")])
+    report = validate_file(f)
+    assert unusable(report) is None and not report.ok

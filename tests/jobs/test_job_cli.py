@@ -208,6 +208,36 @@ def test_sigkill_then_resume_matches_uninterrupted(
     assert last_k[0] == last_w[0] == 24 and abs(last_k[1] - last_w[1]) < 1e-3
 
 
+def test_a_damaged_newest_checkpoint_does_not_block_resume(
+    workspace, tiny_llama_dir, chat_files, kill_leftovers
+):
+    assert create(workspace, tiny_llama_dir, chat_files, "dmg") == 0
+    prog = progress_path(workspace, "dmg")
+    wait_for(
+        lambda: prog.is_file() and json.loads(prog.read_text())["step"] >= 10,
+        what="finetune to pass step 10",
+    )
+    os.killpg(get_job(workspace, "dmg").pid, signal.SIGKILL)
+    wait_for(lambda: get_job(workspace, "dmg").status == "Failed", what="death noticed")
+    job = get_job(workspace, "dmg")
+    ckpt_dir = Path(job.steps["preprocess"]["state"]["preprocess_dir"]).parent.parent
+    done = sorted(
+        (c.parent for c in ckpt_dir.glob("finetune/*/checkpoints/checkpoint-*/_SUCCESS")),
+        key=lambda c: int(c.name.split("-")[1]),
+    )
+    assert len(done) >= 2, done  # saved at steps 4 and 8 at least
+    newest, previous = done[-1], done[-2]
+    weights = newest / "model.safetensors"
+    size = weights.stat().st_size
+    with weights.open("r+b") as f:
+        f.truncate(100)
+    assert main(["job", "resume", "dmg", "--workspace", str(workspace.root), "--stream"]) == 0
+    assert get_job(workspace, "dmg").status == "Completed"
+    log = (workspace.jobs_dir / "dmg" / "logs" / "job.log").read_text()
+    assert f"{newest.name} skipped: model.safetensors is 100 bytes, manifest says {size:,}" in log
+    assert f"resuming from {previous}" in log
+
+
 def test_cancel_saves_then_resume(workspace, tiny_llama_dir, chat_files, kill_leftovers):
     assert create(workspace, tiny_llama_dir, chat_files, "c1", "--set", "save_steps=1000") == 0
     prog = progress_path(workspace, "c1")
@@ -277,16 +307,25 @@ def test_bad_parameters_rejected_before_any_work(workspace, tiny_llama_dir, chat
     assert not (workspace.jobs_dir / "bad").exists()
 
 
-def test_too_few_rows_fails_with_message(
-    workspace, tiny_llama_dir, tmp_path, capsys, kill_leftovers
-):
+def test_too_few_rows_are_refused_at_creation(workspace, tiny_llama_dir, tmp_path, capsys):
     from tests.jobs.conftest import write_chats
 
     files = {
         "train": write_chats(tmp_path / "t.jsonl", 6),
         "test": write_chats(tmp_path / "s.jsonl", 3),
     }
-    assert create(workspace, tiny_llama_dir, files, "few", "--stream") == 1
-    job = get_job(workspace, "few")
+    assert create(workspace, tiny_llama_dir, files, "few", "--stream") == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "5 are left for training after moving the last 20% to validation" in err
+    assert not (workspace.jobs_dir / "few").exists()
+
+
+def test_rows_lost_in_preprocess_fail_the_job_with_message(
+    workspace, tiny_llama_dir, chat_files, kill_leftovers
+):
+    # the files pass the check at creation; truncation to 4 tokens leaves nothing to learn
+    extra = ["--set", "max_seq_length=4", "--stream"]
+    assert create(workspace, tiny_llama_dir, chat_files, "short", *extra) == 1
+    job = get_job(workspace, "short")
     assert job.status == "Failed" and job.steps["preprocess"]["status"] == "Failed"
-    assert "10" in job.error and job.steps["finetune"]["status"] == "Skipped"
+    assert "max_seq_length" in job.error and job.steps["finetune"]["status"] == "Skipped"

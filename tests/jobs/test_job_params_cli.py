@@ -11,6 +11,7 @@ from chattune.jobs.service import submit_job
 from chattune.jobs.store import get_job, list_jobs
 from chattune.train.params import FinetuneParams, param_docs
 from chattune.workspace import Workspace
+from tests.jobs.conftest import write_chats
 
 
 def test_job_params_lists_every_parameter_with_type_default_and_meaning(capsys) -> None:
@@ -32,8 +33,7 @@ def test_job_create_help_points_to_job_params(capsys) -> None:
 
 
 def _submit(ws: Workspace, tmp_path: Path, model: Path, name: str, **params: str):
-    train = tmp_path / "train.jsonl"
-    train.write_text("")
+    train = write_chats(tmp_path / "train.jsonl", 13)  # enough to train: 10 after the split
     data = {"name": name, "model": str(model), "train_file": str(train), "parameters": params}
     return submit_job(ws, data, start=False)[0]
 
@@ -65,8 +65,7 @@ def test_job_list_and_show_json_are_the_records(workspace, tmp_path, tiny_llama_
 def test_a_checkpoint_path_that_cannot_resume_is_refused_at_creation(
     workspace, tmp_path, tiny_llama_dir, capsys
 ) -> None:
-    train = tmp_path / "train.jsonl"
-    train.write_text("")
+    train = write_chats(tmp_path / "train.jsonl", 13)  # enough to train: 10 after the split
     args = ["job", "create", "--workspace", str(workspace.root), "--model", str(tiny_llama_dir)]
     args += ["--train-file", str(train), "--name", "r"]
     for path, says in [

@@ -14,7 +14,7 @@ from chattune.train import finetune as ft
 from chattune.train.finetune import FinetuneConfig, run_finetune
 from chattune.train.params import parse_params
 from chattune.train.preprocess import PreprocessConfig, run_preprocess
-from chattune.workspace.markers import DONE, is_done
+from chattune.workspace.markers import is_done
 from tests.jobs.conftest import write_chats
 
 pytestmark = pytest.mark.integration
@@ -294,7 +294,8 @@ def test_resume_true_continues_from_the_newest_checkpoint_in_the_output(
 ) -> None:
     train(tmp_path, tiny_llama_dir, data_dir, resume_from_checkpoint=True, max_steps=2)
     out = capsys.readouterr().out
-    assert "holds no checkpoint yet: starting fresh" in out and steps_logged(out) == [1, 2]
+    assert "no intact checkpoint in" in out and "starting fresh" in out
+    assert steps_logged(out) == [1, 2]
     metrics = train(tmp_path, tiny_llama_dir, data_dir, resume_from_checkpoint=True, max_steps=4)
     out = capsys.readouterr().out
     assert f"resuming from {tmp_path / 'out' / 'checkpoints' / 'checkpoint-2'}" in out
@@ -337,12 +338,33 @@ def test_a_checkpoint_path_of_the_wrong_kind_fails_before_training(
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
-def test_checkpoints_marked_by_older_versions_still_resume(tmp_path: Path) -> None:
-    ckpts = tmp_path / "checkpoints"
-    for step, marker in ((2, DONE), (4, ft.LEGACY_COMPLETE), (6, None)):
-        folder = ckpts / f"checkpoint-{step}"
-        folder.mkdir(parents=True)
-        if marker:
-            (folder / marker).write_text("{}")
-    assert ft.latest_complete_checkpoint(ckpts) == ckpts / "checkpoint-4"
-    assert not (ckpts / "checkpoint-6").exists()  # a save killed halfway is removed
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_a_damaged_newest_checkpoint_is_skipped_and_training_resumes(
+    lora, tmp_path, tiny_llama_dir, data_dir, capsys
+) -> None:
+    train(tmp_path, tiny_llama_dir, data_dir, max_steps=4, save_steps=2, apply_lora=lora)
+    ckpts = tmp_path / "out" / "checkpoints"
+    weights = (
+        ckpts / "checkpoint-4" / ("adapter_model.safetensors" if lora else "model.safetensors")
+    )
+    size = weights.stat().st_size
+    with weights.open("r+b") as f:
+        f.truncate(100)
+    capsys.readouterr()
+    metrics = train(
+        tmp_path,
+        tiny_llama_dir,
+        data_dir,
+        restarted=True,
+        max_steps=6,
+        save_steps=2,
+        apply_lora=lora,
+    )
+    out = capsys.readouterr().out
+    assert (
+        f"checkpoint-4 skipped: {weights.name} is 100 bytes, manifest says {size:,}; removing it"
+        in out
+    )
+    assert f"resuming from {ckpts / 'checkpoint-2'}" in out
+    assert steps_logged(out) == [3, 4, 5, 6] and metrics["global_step"] == 6
+    assert all(is_done(ckpts / f"checkpoint-{s}") for s in (2, 4, 6))  # step 4 saved anew

@@ -33,7 +33,7 @@ from chattune.cli.common import (
 from chattune.data.download import DownloadResult, check_split_pc, download_dataset
 from chattune.data.readers import count_records
 from chattune.data.stats import DatasetStats, PreviewRow, dataset_stats
-from chattune.data.validate import ValidationReport, validate_file
+from chattune.data.validate import ValidationReport, unusable, validate_file
 from chattune.errors import DatasetInvalid, InvalidParameter
 
 app = typer.Typer(no_args_is_help=True, help="Download, validate and inspect chat datasets.")
@@ -143,7 +143,8 @@ def validate(
     ] = 50,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check every row against the conversation schema; exit code 1 if any row is bad."""
+    """Check every row against the conversation schema; exit code 1 if any row is bad, or if
+    the file holds nothing to train on (empty, unreadable, no valid conversation)."""
     total = _cheap_count(file)
     with _progress(as_json) as bar:
         task = bar.add_task("validate", total=total)
@@ -155,8 +156,10 @@ def validate(
         print_json(report.to_dict())
     else:
         _print_validation(report)
+    # through the error channel: DatasetInvalid exits with code 1
+    if nothing := unusable(report):
+        raise DatasetInvalid(f"{file} {nothing.problem}.", fix=nothing.fix)
     if not report.ok:
-        # through the error channel: DatasetInvalid exits with code 1
         raise DatasetInvalid(
             f"{report.invalid:,} of {report.total:,} rows of {file} break the conversation "
             "schema (listed above).",

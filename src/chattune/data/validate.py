@@ -2,7 +2,8 @@
 
 This is what `chattune data validate` prints and what the pipeline's preprocess step
 reads rows through: `iter_checked` yields each row converted to the ultrachat schema with
-its problem, if any; `iter_conversations` yields the good rows; `validate_file` counts.
+its problem, if any; `iter_conversations` yields the good rows; `validate_file` counts, and
+`unusable` says when a whole file holds nothing to train on (empty, unreadable, no valid row).
 """
 
 from __future__ import annotations
@@ -143,7 +144,8 @@ class ValidationReport:
 
     @property
     def ok(self) -> bool:
-        return self.invalid == 0
+        """The file holds rows, and every one is valid (an empty file is not ok)."""
+        return self.total > 0 and self.invalid == 0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (what `chattune data validate --json` prints)."""
@@ -181,7 +183,8 @@ def validate_file(
             and once at the end.
 
     Returns:
-        A `ValidationReport`; `report.ok` is True when every row is valid.
+        A `ValidationReport`; `report.ok` is True when there are rows and every one is
+        valid; `unusable(report)` says why a file holds nothing to train on.
 
     Raises:
         DatasetError: the file is missing or cannot be opened.
@@ -202,3 +205,58 @@ def validate_file(
     if progress:
         progress(report.total)
     return report
+
+
+_KIND = {".jsonl": "JSON lines", ".json": "JSON", ".csv": "CSV", ".parquet": "parquet"}
+_SHOWN = 3  # bad rows quoted in an `unusable` message
+_EXAMPLE = (
+    '{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}'
+)
+
+
+@dataclass(frozen=True)
+class Unusable:
+    """Why a whole file holds nothing to train on, and what to do about it.
+
+    Args:
+        problem: what is wrong, without the file's name: `is empty: it holds no rows`.
+        fix: what to do about it.
+    """
+
+    problem: str
+    fix: str
+
+
+def unusable(report: ValidationReport) -> Unusable | None:
+    """Why the file of `report` holds no conversation to train on, or None when it has one.
+
+    Empty (no rows), unreadable (no row parses: not JSON lines, say), or no row that passes
+    the conversation schema; the message quotes the first bad rows by line.
+
+    Example:
+        >>> unusable(validate_file("empty.jsonl")).problem  # doctest: +SKIP
+        'is empty: it holds no rows'
+    """
+    path = report.path
+    if report.total == 0:
+        return Unusable(
+            "is empty: it holds no rows",
+            f"put conversations in {path.name}, one a line: {_EXAMPLE}",
+        )
+    if report.valid > 0:
+        return None
+    shown = [f"line {b.line}: {b.problem}" for b in report.bad[:_SHOWN]]
+    if report.invalid > len(shown) > 0:
+        shown.append(f"and {report.invalid - len(shown):,} more")
+    rows = f" ({'; '.join(shown)})" if shown else ""
+    if set(report.reasons) == {INVALID_JSON}:
+        kind = _KIND.get(path.suffix.lower(), "JSON lines")
+        return Unusable(
+            f"is not {kind}: none of its {report.total:,} rows can be read{rows}",
+            f"write {path.name} as {kind}, one conversation a row: {_EXAMPLE}",
+        )
+    return Unusable(
+        f"has no usable conversation: all {report.total:,} rows break the conversation "
+        f"schema{rows}",
+        f"run `chattune data validate {path}` to list every bad row, then fix them",
+    )

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chattune.data.validate import validate_file
 from chattune.errors import ChattuneError, DatasetError
 from chattune.jobs import tracking
 from chattune.jobs.cache import input_key, step_dir
@@ -51,6 +50,7 @@ from chattune.train.preprocess import (
     preprocess_cache_key,
     run_preprocess,
 )
+from chattune.train.preprocess_inputs import check_data_files
 from chattune.workspace import Workspace, file_lock
 from chattune.workspace.markers import is_done, mark_done
 
@@ -118,17 +118,20 @@ def validation(ctx: StepContext) -> ValidationOutput:
             "data file(s) not found: " + ", ".join(missing) + ".",
             fix="check the paths given to --train-file/--validation-file/--test-file.",
         )
+    # checked when the job was created too; the files may have changed since
+    check = check_data_files({f"{split}_file": path for split, path in files.items()})
     splits: dict[str, DataFileSummary] = {}
     for split, path in files.items():
-        if path is None:
+        report = check.reports.get(f"{split}_file")
+        if path is None or report is None:  # not given, or unreadable (in check.problems)
             continue
-        report = validate_file(path)
         splits[split] = DataFileSummary(
             path=path, sha256=sha256_file(path), rows=report.total, bad_rows=report.invalid
         )
         ctx.log(f"{split}: {path} has {report.total} rows, {report.invalid} bad")
         for reason, count in report.reasons.items():
             ctx.log(f"  {count} row(s) {reason}: preprocess drops them")
+    check.raise_if_any()
     return ValidationOutput(splits=splits)
 
 

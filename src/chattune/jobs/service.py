@@ -21,6 +21,7 @@ from chattune.train.params import (
     parse_params,
     resume_checkpoint_problem,
 )
+from chattune.train.preprocess_inputs import DATA_FILES, check_data_files
 from chattune.workspace import Workspace
 from chattune.workspace.processes import pid_alive
 
@@ -42,19 +43,29 @@ def submit_job(
 ) -> tuple[JobRecord, dict[str, str]]:
     """Validate everything, record the job and start its runner (detached).
 
-    Every problem (job fields, parameters, files, model, compute) is reported at once.
+    Every problem (job fields, parameters, files, model, compute) is reported at once. The
+    data files are read once, streamed, without a tokenizer (`check_data_files`): a file
+    that is empty, not in its format, without a valid conversation, or too small for
+    training after the split is refused here rather than minutes later in preprocess.
 
     Raises:
-        InvalidParameter: listing each problem by name.
+        InvalidParameter: listing each problem by name; nothing is recorded or started.
     """
 
     spec = build_spec(data)
     problems: list[str] = []
     fixes: list[str] = []
-    for field in ("train_file", "validation_file", "test_file"):
+    files: dict[str, Path | None] = {}
+    for field in DATA_FILES:
         path = getattr(spec, field)
         if path is not None and not path.is_file():
             problems.append(f"`{field}` {path} does not exist")
+        else:
+            files[field] = path
+    # one streamed pass over the data: what preprocess would refuse is refused now
+    data_check = check_data_files(files)
+    problems += data_check.problems
+    fixes += data_check.fixes
     if not Path(spec.model).expanduser().exists():
         name, _, version = spec.model.partition(":")
         try:

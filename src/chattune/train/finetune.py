@@ -10,11 +10,11 @@ conversations are packed without padding: a batch is one row of up to
 `per_device_train_batch_size x max_seq_length` tokens, position ids restart per
 conversation and attention does not cross conversations (`chattune.train.packing`).
 
-Nothing is lost: a checkpoint is written every `save_steps` and marked done
-(`chattune.workspace.markers`) only after it is fully on disk. Where a run starts follows
-`resume_from_checkpoint` (`_checkpoint_to_resume`); a restarted run of the same job always
-continues from its own newest complete checkpoint. SIGTERM saves a checkpoint and stops
-(exit code 143).
+Nothing is lost: a checkpoint is written every `save_steps`; once it is fully on disk, the
+size and sha256 of its files are recorded and it is marked done (`chattune.train.checkpoints`).
+Where a run starts follows `resume_from_checkpoint` (`checkpoint_to_resume`); a restarted run
+of the same job always continues from its own newest intact checkpoint, skipping (and
+naming) any newer one that is damaged. SIGTERM saves a checkpoint and stops (exit code 143).
 """
 
 from __future__ import annotations
@@ -32,12 +32,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from chattune.errors import InvalidParameter
 from chattune.models.loading import compute_dtype, load_base, load_tokenizer
-from chattune.train.params import RESUME_FIX, FinetuneParams, resume_checkpoint_problem
-from chattune.workspace.markers import is_done, mark_done
+from chattune.train.checkpoints import checkpoint_to_resume, finish_checkpoint
+from chattune.train.params import FinetuneParams
+from chattune.workspace.markers import mark_done
 
-LEGACY_COMPLETE = "chattune_complete"  # the done marker of checkpoints saved before _SUCCESS
 EXIT_CANCELLED = 143
 
 
@@ -68,48 +67,13 @@ def _log(msg: str) -> None:
         print(msg, flush=True)
 
 
-def latest_complete_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The newest checkpoint marked done; incomplete ones are removed."""
-    if not ckpt_dir.is_dir():
-        return None
-    done: list[tuple[int, Path]] = []
-    for d in ckpt_dir.glob("checkpoint-*"):
-        if is_done(d) or (d / LEGACY_COMPLETE).is_file():
-            done.append((int(d.name.split("-")[-1]), d))
-        elif rank() == 0:
-            shutil.rmtree(d, ignore_errors=True)  # a save that was killed halfway
-    return max(done)[1] if done else None
+def _wait_for_all_ranks() -> None:
+    """A barrier when several processes train: the Trainer calls `on_save` on each rank
+    without one, and rank 0 must not record a checkpoint another rank is still writing."""
+    import torch.distributed as dist  # torch loads with the step, as everywhere in this module
 
-
-def _checkpoint_to_resume(cfg: FinetuneConfig, ckpt_dir: Path) -> Path | None:
-    """The checkpoint training starts from, or None for the base model.
-
-    A restarted run of this job continues from its own newest checkpoint. Otherwise
-    `resume_from_checkpoint` decides: true takes the newest checkpoint in the output folder
-    (left by an earlier run with the same inputs), a path takes that checkpoint, false
-    starts fresh and removes the checkpoints an earlier run left, so that none of them is
-    mistaken for this run's later.
-
-    Raises:
-        InvalidParameter: the given checkpoint folder cannot be resumed from.
-    """
-    asked = cfg.params.resume_from_checkpoint
-    own = latest_complete_checkpoint(ckpt_dir)
-    if own is not None and (cfg.restarted or asked is True):
-        return own
-    if isinstance(asked, Path):
-        if problem := resume_checkpoint_problem(asked, cfg.params.apply_lora):
-            raise InvalidParameter(problem + ".", fix=RESUME_FIX)
-        return asked
-    if asked is True:
-        _log(
-            f"resume_from_checkpoint is true, but {ckpt_dir} holds no checkpoint yet: "
-            "starting fresh"
-        )
-    elif own is not None and rank() == 0:
-        _log(f"resume_from_checkpoint is false: removing earlier checkpoints in {ckpt_dir}")
-        shutil.rmtree(ckpt_dir)
-    return None
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def _precision(params: FinetuneParams, cuda: bool) -> tuple[bool, bool]:
@@ -344,8 +308,10 @@ def _callbacks(cfg: FinetuneConfig):
 
         def on_save(self, args, state, control, **kw):
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if not self.stop_requested:  # SIGTERM may reach the ranks at different steps
+                _wait_for_all_ranks()  # each rank writes its own files (RNG state, shards)
             if rank() == 0 and ckpt.is_dir():
-                mark_done(ckpt, {"step": state.global_step})
+                finish_checkpoint(ckpt, state.global_step)
 
         def _progress(self, state, metrics: dict[str, float]) -> None:
             if cfg.progress_file is None or rank() != 0:
@@ -391,7 +357,8 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
     bf16, fp16 = _precision(p, cuda)
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = cfg.output_dir / "checkpoints"
-    resume = _checkpoint_to_resume(cfg, ckpt_dir)  # before any loading: a bad path fails fast
+    # before any loading: a bad path fails fast
+    resume = checkpoint_to_resume(p, ckpt_dir, restarted=cfg.restarted, log=_log, main=rank() == 0)
 
     # LoRA freezes the base: keep it in the compute dtype (half the memory of fp32).
     # Full fine-tuning keeps fp32 master weights; autocast runs the matmuls in bf16/fp16.

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from chattune.errors import InvalidParameter
+from chattune.workspace.manifest import has_manifest, manifest_problem
 
 Scheduler = Literal[
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
@@ -229,7 +230,7 @@ class FinetuneParams(BaseModel):
 RESUME_FIX = (
     "set `resume_from_checkpoint` to a `checkpoint-N` folder of a finetune output "
     "(<workspace>/cache/finetune/<key>/checkpoints/checkpoint-N, holding trainer_state.json), "
-    "to true (this job's newest checkpoint) or to false (start fresh)."
+    "to true (this job's newest intact checkpoint) or to false (start fresh)."
 )
 _FULL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 _ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -240,7 +241,9 @@ def resume_checkpoint_problem(path: Path, apply_lora: bool) -> str | None:
 
     A folder transformers' Trainer saved holds `trainer_state.json` (step, schedule) and the
     weights it trains: an adapter for a LoRA job, the whole model otherwise (a DeepSpeed
-    checkpoint keeps them in `global_step*/`).
+    checkpoint keeps them in `global_step*/`). The sizes of the files chattune recorded when
+    it saved the folder are compared too (a `stat` each); the finetune step also compares
+    their hashes (`chattune.train.checkpoints.checkpoint_damage`).
     """
     field = f"`resume_from_checkpoint` {str(path)!r}"
     if not path.exists():
@@ -256,6 +259,8 @@ def resume_checkpoint_problem(path: Path, apply_lora: bool) -> str | None:
     if not apply_lora and not full:
         what = "a LoRA adapter" if adapter else "no model weights"
         return f"{field} holds {what}, but this job trains the full model (`apply_lora` false)"
+    if has_manifest(path) and (damage := manifest_problem(path, hashes=False)):
+        return f"{field} is damaged: {damage}"
     return None
 
 

@@ -61,6 +61,8 @@ from chattune.train.chat_encoder import (  # noqa: F401  (IGNORE_INDEX, Encoded:
     TemplateRenderError,
 )
 from chattune.train.preprocess_inputs import (
+    MIN_TRAIN_ROWS,
+    SPLIT_CUT,
     check_inputs,
     iter_valid,
     model_context_length,
@@ -94,7 +96,6 @@ from chattune.workspace.files import write_json_atomic
 
 Log = Callable[[str], None]
 
-MIN_TRAIN_ROWS = 10
 # With 2 CPUs the one-process path already keeps about 1.5 of them busy (the tokenizer runs in
 # a thread pool beside the Python work) and the workers measured no faster (bench/README.md,
 # T3): 'auto' starts workers only from 3 CPUs on, where one process cannot use the rest.
@@ -403,8 +404,7 @@ def _log_drops(drops: Drops, log: Log) -> None:
 def _too_few(
     cfg: PreprocessConfig, kept: int, rows_read: dict[str, int], drops: Drops, mode: str
 ) -> None:
-    cut = " after the 80/10/10 split" if mode == "train" else ""
-    cut = " after moving the last 20% to validation" if mode == "train+test" else cut
+    cut = SPLIT_CUT.get(mode, "")
     fix = (
         f"add conversations to `train_file` ({cfg.train_file}), or run "
         f"`chattune data validate {cfg.train_file}` to see why rows are dropped"

@@ -1,5 +1,8 @@
 """What the preprocess step reads: the checks of its inputs, the model's context length, the
-plan of the splits, the rows of a file, and the cache key of a configuration."""
+plan of the splits, the rows of a file, and the cache key of a configuration.
+
+`check_data_files` is the check a job's data passes before the job is queued: one streamed
+pass over each file (no tokenizer), refusing what preprocess would fail on minutes later."""
 
 from __future__ import annotations
 
@@ -7,17 +10,26 @@ import hashlib
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chattune.data.readers import SUFFIXES
-from chattune.data.validate import iter_checked
-from chattune.errors import InvalidParameter
+from chattune.data.validate import ValidationReport, iter_checked, unusable, validate_file
+from chattune.errors import DatasetError, DatasetInvalid, InvalidParameter
 from chattune.train.chat_encoder import Messages
 from chattune.train.preprocess_report import FORMAT_VERSION
 
 if TYPE_CHECKING:
     from chattune.train.preprocess import PreprocessConfig
+
+MIN_TRAIN_ROWS = 10  # training conversations preprocess needs, after drops and the split
+# how the train split is cut from train_file, by split mode (`plan_splits`)
+SPLIT_CUT = {
+    "train": " after the 80/10/10 split",
+    "train+test": " after moving the last 20% to validation",
+}
+DATA_FILES = ("train_file", "validation_file", "test_file")
 
 _TOKENIZER_FILE = re.compile(
     r"^(tokenizer.*|chat_template.*|special_tokens_map\.json|added_tokens\.json|vocab\..*"
@@ -84,8 +96,9 @@ def plan_splits(cfg: PreprocessConfig, valid: dict[str, int]) -> tuple[str, dict
     n = valid["train_file"]
     inf = float("inf")
     has_val, has_test = cfg.validation_file is not None, cfg.test_file is not None
+    n_tr = train_rows(n, split_mode(has_val, has_test))
     if not has_val and not has_test:
-        n_tr, n_va = n * 8 // 10, n // 10
+        n_va = n // 10
         cuts = {"train_file": [(n_tr, ("train",)), (n_tr + n_va, ("validation",))]}
         cuts["train_file"].append((inf, ("test",)))
         src = {
@@ -95,7 +108,6 @@ def plan_splits(cfg: PreprocessConfig, valid: dict[str, int]) -> tuple[str, dict
         }
         return "train", cuts, src
     if not has_val:
-        n_tr = n - n // 5
         cuts = {"train_file": [(n_tr, ("train",)), (inf, ("validation",))]}
         cuts["test_file"] = [(inf, ("test",))]
         src = {
@@ -113,6 +125,90 @@ def plan_splits(cfg: PreprocessConfig, valid: dict[str, int]) -> tuple[str, dict
     cuts["validation_file"] = [(inf, ("validation",))]
     cuts["test_file"] = [(inf, ("test",))]
     return "train+validation+test", cuts, src
+
+
+def split_mode(has_validation: bool, has_test: bool) -> str:
+    """Which splits come from train_file: `train` (80/10/10), `train+test` (the last 20% is
+    validation), `train+validation` or `train+validation+test` (all of it is train)."""
+    if has_validation:
+        return "train+validation+test" if has_test else "train+validation"
+    return "train+test" if has_test else "train"
+
+
+def train_rows(n: int, mode: str) -> int:
+    """Of `n` valid rows of train_file, those the train split keeps in split `mode`."""
+    return {"train": n * 8 // 10, "train+test": n - n // 5}.get(mode, n)
+
+
+@dataclass
+class DataCheck:
+    """What `check_data_files` found: each file's report, and every problem with its fix."""
+
+    reports: dict[str, ValidationReport] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    fixes: list[str] = field(default_factory=list)
+
+    def raise_if_any(self) -> None:
+        """Raise every problem at once, if there is one.
+
+        Raises:
+            DatasetInvalid: listing every problem, each naming its file, with every fix.
+        """
+        if self.problems:
+            raise DatasetInvalid(
+                "the data cannot train: " + "; ".join(self.problems) + ".",
+                fix=" ".join(dict.fromkeys(self.fixes)),
+            )
+
+
+def check_data_files(files: dict[str, Path | None]) -> DataCheck:
+    """Check a job's data files before it is queued: one streamed pass over each (no
+    tokenizer), so that what preprocess would refuse minutes later is refused now.
+
+    A file is refused when it cannot be read, is empty, is not in its format (a .jsonl that
+    is not JSON lines), or holds no valid conversation; train_file also when its valid rows
+    leave fewer than `MIN_TRAIN_ROWS` for training after the split. Bad rows in a file that
+    also has good ones are not refused: preprocess drops them and says so.
+
+    Args:
+        files: `train_file`, `validation_file`, `test_file` (None when not given).
+
+    Returns:
+        The reports and the problems (`raise_if_any` raises them all at once).
+    """
+    check = DataCheck()
+    for name in DATA_FILES:
+        path = files.get(name)
+        if path is None:
+            continue
+        try:
+            report = validate_file(path, max_listed=3)
+        except DatasetError as exc:
+            check.problems.append(f"`{name}`: {exc.message.rstrip('.')}")
+            check.fixes.append(exc.fix or "")
+            continue
+        check.reports[name] = report
+        if nothing := unusable(report):
+            check.problems.append(f"`{name}` {path} {nothing.problem}")
+            check.fixes.append(nothing.fix)
+    train = check.reports.get("train_file")
+    if train is None or train.valid == 0:
+        return check
+    mode = split_mode(files.get("validation_file") is not None, files.get("test_file") is not None)
+    kept = train_rows(train.valid, mode)
+    if kept < MIN_TRAIN_ROWS:
+        need = next(
+            n for n in range(kept, 2 * MIN_TRAIN_ROWS) if train_rows(n, mode) >= MIN_TRAIN_ROWS
+        )
+        check.problems.append(
+            f"`train_file` {train.path} has {train.valid:,} valid rows ({train.invalid:,} bad): "
+            f"{kept} are left for training{SPLIT_CUT.get(mode, '')}, at least "
+            f"{MIN_TRAIN_ROWS} are needed"
+        )
+        check.fixes.append(
+            f"add conversations to `train_file`: at least {need} valid rows with these files"
+        )
+    return check
 
 
 def rows_hint(cfg: PreprocessConfig) -> int | None:
