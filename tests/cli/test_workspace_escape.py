@@ -148,6 +148,7 @@ def test_endpoint_and_deployment_names_write_nothing_outside(
         for name in [*BAD_NAMES, "abc\n"]:
             code, _, err = run(capsys, ws, "endpoint", "create", name)
             assert code != 0 and "endpoint name" in err, (name, err)
+            assert "'[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]'" in err  # not eaten as markup
             code, _, err = run(
                 capsys, ws, "deployment", "create", "-e", "good-ep", "-n", name, "--model", "m:1"
             )
