@@ -30,6 +30,11 @@ class WorkspaceError(ChattuneError):
     """The workspace folder or its metadata database cannot be used."""
 
 
+class PathOutsideWorkspace(WorkspaceError):
+    """A path chattune was about to write or delete lies outside the workspace folder (a
+    `..`, an absolute path or a symbolic link leading out of it)."""
+
+
 class ModelNotFound(ChattuneError):
     """No model (card, imported or registered) with that name, version or label."""
 

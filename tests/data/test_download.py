@@ -295,3 +295,15 @@ def test_cli_download_defaults_to_the_workspace(cli, tmp_path: Path) -> None:
     out = ws / "datasets" / "mydata" / "mydata.jsonl"
     assert json.loads(res.out)["splits"][0]["path"] == str(out)
     assert read_rows(out)[0]["prompt"] == "q"
+
+
+def test_cli_download_of_a_dotdot_folder_stays_in_datasets(cli, tmp_path: Path) -> None:
+    """The default folder is named after the source: `d/sub/..` is named `..`, which put
+    the splits in the workspace's root instead of `datasets/<name>/`."""
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    write_jsonl(tmp_path / "d" / "train.jsonl", [chat("q", "a")])
+    ws = tmp_path / "ws"
+    res = cli("data", "download", "--dataset", tmp_path / "d" / "sub" / "..", "--workspace", ws)
+    assert res.code == 0, res.err
+    assert (ws / "datasets" / "dataset" / "train.jsonl").is_file()
+    assert not (ws / "train.jsonl").exists()

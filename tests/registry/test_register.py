@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import shutil
 import stat
 from pathlib import Path
 
@@ -137,6 +138,7 @@ def test_files_are_hard_links_and_read_only(workspace: Workspace, job: JobRecord
     assert mv.lineage["files"] == {
         "files": len(files),
         "linked": len(files),
+        "cloned": 0,
         "copied": 0,
         "bytes": sum(p.stat().st_size for p in files),
     }
@@ -150,6 +152,7 @@ def test_copies_where_links_are_refused(
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
     monkeypatch.setattr(registry_files.os, "link", cross_device)
+    monkeypatch.setattr(registry_files, "_clone", lambda *_a: False)  # as on ext4
     src = Path(job.outputs["mlflow_model_folder"])
     mv = register_model(
         workspace, name="chat", path=f"jobs/{JOB}/outputs/trained_model", type="mlflow_model"
@@ -176,6 +179,7 @@ def test_a_failed_copy_leaves_nothing_registered(
         return registry_files.shutil.copyfile(src, dst)
 
     monkeypatch.setattr(registry_files.os, "link", refuse)
+    monkeypatch.setattr(registry_files, "_clone", lambda *_a: False)  # as on ext4
     monkeypatch.setattr(registry_files.shutil, "copy2", disk_full)
     with pytest.raises(OSError, match="No space left"):
         register_model(
@@ -229,6 +233,55 @@ def test_versions_count_up_and_take_any_string(workspace: Workspace, job: JobRec
         reg("2")
     assert "existing: 1, 2, v2.1-final_b, 3" in err.value.fix and "(4)" in err.value.fix
     assert version_dirs(workspace, "chat") == ["1", "2", "3", "v2.1-final_b"]
+
+
+def test_a_registered_folder_is_copied_and_left_as_it_was(
+    workspace: Workspace, tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    """Issue 17, item 6: registering a user's folder hard-linked its files and made them
+    read-only (mode 444, one more link per registration), so editing the source changed
+    the registered model."""
+    src = tmp_path / "my-model"
+    shutil.copytree(tiny_llama_dir, src)
+    (src / "notes.txt").write_text("mine\n")
+    (src / "notes.txt").chmod(0o640)
+    files = sorted(p for p in src.rglob("*") if p.is_file())
+    modes = {p: stat.S_IMODE(p.stat().st_mode) for p in files}
+    first = register_model(workspace, name="mine", path=str(src), type="custom_model")
+    second = register_model(workspace, name="mine", path=str(src), type="custom_model")
+    for p in files:
+        assert stat.S_IMODE(p.stat().st_mode) == modes[p], p
+        assert p.stat().st_nlink == 1, p
+    for mv in (first, second):
+        assert mv.lineage["files"]["linked"] == 0
+        assert mv.lineage["files"]["cloned"] + mv.lineage["files"]["copied"] == len(files)
+        assert stat.S_IMODE((mv.path / "notes.txt").stat().st_mode) == 0o440  # read-only copy
+    registered = {p.name: sha256(first.path / p.relative_to(src)) for p in files}
+    with (src / "config.json").open("r+b") as f:  # edited in place, as an editor may
+        f.write(b"{}      ")
+    (src / "notes.txt").write_text("changed\n")
+    assert {p.name: sha256(first.path / p.relative_to(src)) for p in files} == registered
+    assert tree(second.path)["notes.txt"] == b"mine\n"
+
+
+def test_a_clone_or_a_copy_has_the_same_bytes_mode_and_times(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, target = tmp_path / "a.bin", tmp_path / "b.bin"
+    source.write_bytes(bytes(range(256)) * 4096)
+    source.chmod(0o604)
+    registry_files._copy(source, target)  # a clone on btrfs/XFS, a copy elsewhere
+    assert target.read_bytes() == source.read_bytes()
+    assert stat.S_IMODE(target.stat().st_mode) == 0o604
+    assert target.stat().st_mtime_ns == source.stat().st_mtime_ns
+    target.unlink()
+
+    def unsupported(*_a):
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(registry_files.fcntl, "ioctl", unsupported)
+    assert registry_files._copy(source, target) is False
+    assert target.read_bytes() == source.read_bytes()
 
 
 def test_folder_registration_has_folder_lineage_only(

@@ -9,18 +9,23 @@ from chattune.serving import deployments as D
 from chattune.serving import endpoints as E
 
 
-@pytest.mark.parametrize("name", ["abc", "my-endpoint-1", "A" * 32, "x9z", "Ab-9"])
-def test_valid_names(name: str) -> None:
-    E.validate_name(name)
-
-
-@pytest.mark.parametrize(
-    "name", ["ab", "A" * 33, "1abc", "-abc", "abc-", "ab_c", "ab.c", "ab c", "ÿabc"]
-)
-def test_invalid_names_state_the_rule(name: str) -> None:
-    with pytest.raises(EndpointError) as exc:
-        E.validate_name(name)
-    assert "3-32 characters" in exc.value.fix and "starting with a letter" in exc.value.fix
+def test_names_follow_the_workspace_rule(workspace) -> None:
+    """Endpoint and deployment names are checked by `workspace.names` (tested there) before
+    any row is written."""
+    with pytest.raises(EndpointError, match="endpoint name 'a_b' is not valid"):
+        E.create_endpoint(workspace, "a_b", port=1)
+    E.create_endpoint(workspace, "good-ep", port=1)
+    with pytest.raises(EndpointError, match=r"deployment name '\.\./x' is not valid"):
+        D.create_deployment(
+            workspace,
+            "good-ep",
+            "../x",
+            model_name="m",
+            model_version="1",
+            settings=D.DeploymentSettings(),
+        )
+    assert [e.name for e in E.list_endpoints(workspace)] == ["good-ep"]
+    assert D.list_deployments(workspace, "good-ep") == []
 
 
 def test_parse_weights() -> None:

@@ -84,8 +84,9 @@ def download(
     if download_dir is None:
         local = Path(dataset)
         name = (local.stem if local.is_file() else local.name) if local.exists() else dataset
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "__", name).strip("_") or "dataset"
-        download_dir = open_workspace(workspace).root / "datasets" / slug
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "__", name).strip("._") or "dataset"  # never `..`
+        ws = open_workspace(workspace)
+        download_dir = ws.inside(ws.datasets_dir / slug, under=ws.datasets_dir)
     tasks: dict[str, TaskID] = {}
     with _progress(as_json) as bar:
 

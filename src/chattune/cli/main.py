@@ -7,6 +7,7 @@ import sys
 import threading
 
 import typer
+from rich.markup import escape
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
 from chattune import __version__
@@ -121,9 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = command.main(args=argv, prog_name="chattune", standalone_mode=False)
     except ChattuneError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        # escaped: a message quotes values and patterns such as '[a-zA-Z]', not markup
+        err_console.print(
+            f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True
+        )
         if exc.fix:
-            err_console.print(f"[bold]fix:[/] {exc.fix}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold]fix:[/] {escape(exc.fix)}", highlight=False, soft_wrap=True)
         return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code

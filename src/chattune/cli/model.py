@@ -210,8 +210,8 @@ def register(
 ) -> None:
     """Register a model folder or a job's output as a new, immutable version with its lineage.
 
-    The files are hard-linked into the workspace where the file system allows (copied
-    otherwise) and made read-only.
+    A folder is copied into the workspace (cloned where the file system can) and left as it
+    was; a job's outputs are hard-linked. The registered files are read-only.
     """
     ws = open_workspace(workspace)
     mv = register_model(
@@ -241,10 +241,13 @@ def delete(
 ) -> None:
     """Delete an imported or registered version and its files. Refused while a deployment
     uses it, and for built-in catalog versions."""
-    mv = delete_model(open_workspace(workspace), name, version, label=label)
+    mv = delete_model(open_workspace(workspace), name, version, label=label, log=progress)
+    removed = mv.path if mv.path and not mv.path.exists() else None  # else left: outside
     if as_json:
-        print_json({"deleted": f"{mv.name}:{mv.version}", "path": mv.path})
+        print_json(
+            {"deleted": f"{mv.name}:{mv.version}", "path": mv.path, "files_removed": bool(removed)}
+        )
         return
     console.print(
-        f"[green]deleted[/] {mv.name}:{mv.version}" + (f" ({mv.path})" if mv.path else "")
+        f"[green]deleted[/] {mv.name}:{mv.version}" + (f" ({removed})" if removed else "")
     )

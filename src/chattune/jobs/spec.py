@@ -6,7 +6,6 @@ one `JobSpec`.
 
 from __future__ import annotations
 
-import re
 import secrets
 import time
 from pathlib import Path
@@ -16,8 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from chattune.errors import InvalidParameter
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+from chattune.workspace.names import JOB_NAME
 
 
 def new_job_name() -> str:
@@ -75,12 +73,11 @@ class JobSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, v: str) -> str:
-        if not _NAME_RE.match(v):
-            raise ValueError(
-                "use letters, digits, '_', '.' or '-', starting with a letter or digit "
-                "(at most 100 characters)"
-            )
-        return v
+        try:
+            return JOB_NAME.check(v)
+        except InvalidParameter as exc:  # pydantic reports a ValueError under the field
+            why, fix = exc.message.removesuffix("."), (exc.fix or "").removesuffix(".")
+            raise ValueError(f"{why}; {fix}") from None
 
     @field_validator("train_file", "validation_file", "test_file")
     @classmethod

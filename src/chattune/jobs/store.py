@@ -50,7 +50,8 @@ class JobRecord:
 
 
 def job_dir(ws: Workspace, name: str) -> Path:
-    return ws.jobs_dir / name
+    """`jobs/<name>`, refused (PathOutsideWorkspace) where a link would lead it outside."""
+    return ws.inside(ws.jobs_dir / name, under=ws.jobs_dir)
 
 
 def log_path(ws: Workspace, name: str) -> Path:
@@ -103,7 +104,9 @@ def create_job(ws: Workspace, spec: JobSpec, steps: Sequence[str] = ()) -> JobRe
 
     Raises:
         InvalidParameter: a job with that name exists.
+        PathOutsideWorkspace: a link would lead the job's folder outside the workspace.
     """
+    folder = job_dir(ws, spec.name)  # refused before the row is written
     with ws.write() as conn:
         if conn.execute("SELECT 1 FROM jobs WHERE name = ?", (spec.name,)).fetchone():
             raise InvalidParameter(
@@ -123,7 +126,7 @@ def create_job(ws: Workspace, spec: JobSpec, steps: Sequence[str] = ()) -> JobRe
                 json.dumps({s: {"status": "NotStarted"} for s in steps}),
             ),
         )
-    job_dir(ws, spec.name).joinpath("logs").mkdir(parents=True, exist_ok=True)
+    folder.joinpath("logs").mkdir(parents=True, exist_ok=True)
     return get_job(ws, spec.name)
 
 

@@ -284,10 +284,11 @@ def _import_from(
                 log(f"reusing {name}:{mv.version} at {mv.path} (hashes match)")
                 return ImportResult(mv, reused=True)
             log(f"{mv.path} no longer matches its hashes: importing again")
-            _convert(src, folder, gguf, mv.path, key, src_hash, chat_template, log)
+            out = ws.inside(mv.path, under=ws.models_dir)  # a row made before names were checked
+            _convert(src, folder, gguf, out, key, src_hash, chat_template, log)
             return ImportResult(mv, reused=False)
         version = next_version(ws, name)
-        final = ws.models_dir / name / version
+        final = ws.inside(ws.models_dir / name / version, under=ws.models_dir)
         _convert(src, folder, gguf, final, key, src_hash, chat_template, log)
         try:
             mv = add_version(

@@ -2,15 +2,17 @@
 
 `register_model` is what `chattune model register` and the SDK's `models.create_or_update`
 call; a registered version is immutable: its files live in `models/<name>/<version>/` of the
-workspace and nothing changes them until the version is deleted.
+workspace and nothing changes them until the version is deleted. A registered folder is
+copied, never linked or changed; only files chattune owns are hard-linked (`files.py`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from chattune.errors import InvalidParameter, ModelInUse
+from chattune.errors import InvalidParameter, ModelInUse, PathOutsideWorkspace
 from chattune.models.store import (
     ModelVersion,
     add_version,
@@ -31,6 +33,11 @@ def _names_lock(ws: Workspace, name: str) -> Any:
     # Shared with `chattune model import`: the versions and folders of one name are handed
     # out one registration or import at a time.
     return file_lock(ws.lock_path(f"import-{name}"))
+
+
+def _owned(ws: Workspace) -> tuple[Path, ...]:
+    """The folders whose files chattune wrote itself: versions, jobs and step outputs."""
+    return (ws.models_dir, ws.jobs_dir, ws.root / "cache")
 
 
 def register_model(
@@ -98,15 +105,15 @@ def register_model(
                 fix=f"pass another --version (existing: {', '.join(existing)}), or leave it out "
                 f"to take the next number ({next_version(ws, name)}).",
             )
-        final = ws.models_dir / name / version
+        final = ws.inside(ws.models_dir / name / version, under=ws.models_dir)
         if final.exists():  # no row names it: left by a registration killed before its row
             log(f"removing {final}, left by an interrupted registration")
             remove_tree(final)
         log(f"placing {source.folder} at {final}")
-        placed = place_tree(source.folder, final)
+        placed = place_tree(source.folder, final, owned=_owned(ws))
         log(
             f"{placed.files} files ({placed.bytes / 1e6:.1f} MB): {placed.linked} hard-linked, "
-            f"{placed.copied} copied"
+            f"{placed.cloned} cloned, {placed.copied} copied"
         )
         try:
             mv = add_version(
@@ -130,10 +137,16 @@ def register_model(
 
 
 def delete_model(
-    ws: Workspace, name: str, version: str | None = None, *, label: str | None = None
+    ws: Workspace,
+    name: str,
+    version: str | None = None,
+    *,
+    label: str | None = None,
+    log: Log = lambda _msg: None,
 ) -> ModelVersion:
     """Delete one workspace version of `name` (by `version`, or `label="latest"`): its row
-    and its files in the workspace. A folder outside the workspace is never touched.
+    and its files in the workspace. A folder outside the workspace's models folder (a row
+    written before names were checked) is never touched: `log` says it was left.
 
     Returns:
         The version that was deleted.
@@ -175,8 +188,16 @@ def delete_model(
                     "model version.",
                 )
             delete_version(conn, mv.name, mv.version)
-        if mv.path is not None and mv.path.resolve().is_relative_to(ws.models_dir.resolve()):
-            remove_tree(mv.path)
+        if mv.path is not None:
+            try:
+                ws.inside(mv.path, under=ws.models_dir)
+            except PathOutsideWorkspace as exc:
+                log(
+                    f"left the files of {mv.name}:{mv.version}: {exc.message} Remove them "
+                    "yourself if nothing else needs them."
+                )
+            else:
+                remove_tree(mv.path)
     return mv
 
 

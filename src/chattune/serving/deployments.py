@@ -17,9 +17,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chattune.errors import DeploymentNotFound, EndpointError
-from chattune.serving.endpoints import get_endpoint, touch, validate_name
+from chattune.serving.endpoints import endpoint_dir, get_endpoint, touch
 from chattune.serving.gateway.config import AZURE_REQUEST_TIMEOUT_MS, MAX_REQUEST_TIMEOUT_MS
 from chattune.workspace import Workspace
+from chattune.workspace.names import DEPLOYMENT_NAME
 
 
 class ProbeSettings(BaseModel):
@@ -144,13 +145,15 @@ def create_deployment(
 
     Raises:
         EndpointNotFound, EndpointError: unknown endpoint, bad name or count, name taken.
+        PathOutsideWorkspace: a link would lead the deployment's folder out of the workspace.
     """
-    validate_name(name, "deployment")
+    DEPLOYMENT_NAME.check(name, EndpointError)
     if instance_count < 1:
         raise EndpointError(
             f"--instance-count {instance_count} is below 1.", fix="pass 1 or more instances."
         )
     get_endpoint(ws, endpoint)
+    ws.inside(endpoint_dir(ws, endpoint) / name, under=endpoint_dir(ws, endpoint))  # its logs
     now = time.time()
     with ws.write() as conn:
         taken = conn.execute(

@@ -13,7 +13,6 @@ a change is live.
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import time
 from dataclasses import asdict, dataclass
@@ -24,12 +23,8 @@ from chattune.errors import EndpointError, EndpointNotFound
 from chattune.serving import keys as K
 from chattune.workspace import Workspace
 from chattune.workspace.db import scrub
+from chattune.workspace.names import ENDPOINT_NAME
 
-NAME_RE = re.compile(r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
-NAME_RULE = (
-    "3-32 characters: letters, digits and '-', starting with a letter and ending with a "
-    "letter or digit"
-)
 AUTH_MODES = ("key",)
 MAX_MIRROR_PERCENT = 50  # Azure: mirror traffic sums to 50 at most
 KeyType = Literal["primary", "secondary"]
@@ -79,18 +74,6 @@ class Endpoint:
 
 
 # -- validation ---------------------------------------------------------------------------
-def validate_name(name: str, what: str = "endpoint") -> None:
-    """Check an endpoint or deployment name against Azure's rule.
-
-    Raises:
-        EndpointError: the name breaks the rule (the message states it).
-    """
-    if not 3 <= len(name) <= 32 or not NAME_RE.match(name):
-        raise EndpointError(
-            f"{what} name {name!r} is not valid.", fix=f"use {NAME_RULE} (Azure's rule)."
-        )
-
-
 def parse_weights(text: str, flag: str = "--traffic") -> dict[str, int]:
     """`"blue=90,green=10"` -> `{"blue": 90, "green": 10}` (ints 0..100).
 
@@ -165,8 +148,12 @@ def validate_traffic(
 
 # -- endpoints ------------------------------------------------------------------------------
 def endpoint_dir(ws: Workspace, name: str) -> Path:
-    """`ws/endpoints/<name>`: the supervisor's log and status, the instances' logs."""
-    return ws.root / "endpoints" / name
+    """`ws/endpoints/<name>`: the supervisor's log and status, the instances' logs.
+
+    Raises:
+        PathOutsideWorkspace: a link would lead the folder outside the workspace.
+    """
+    return ws.inside(ws.root / "endpoints" / name, under=ws.root / "endpoints")
 
 
 def _endpoint(row: dict[str, Any]) -> Endpoint:
@@ -201,8 +188,10 @@ def create_endpoint(
 
     Raises:
         EndpointError: bad name, an auth mode other than `key`, or the name is taken.
+        PathOutsideWorkspace: a link would lead the endpoint's folder out of the workspace.
     """
-    validate_name(name)
+    ENDPOINT_NAME.check(name, EndpointError)
+    endpoint_dir(ws, name)  # refuses a link leading out of the workspace, before any row
     if auth_mode not in AUTH_MODES:
         raise EndpointError(
             f"auth mode {auth_mode!r} is not supported here: aml_token and aad_token need "

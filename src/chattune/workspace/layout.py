@@ -19,6 +19,7 @@ The root is 0700: only its owner may read the workspace (`permissions.py`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chattune import __version__
-from chattune.errors import WorkspaceError
+from chattune.errors import PathOutsideWorkspace, WorkspaceError
 from chattune.workspace import db
 from chattune.workspace.permissions import PRIVATE_DIR, SECRETS_DIR, tighten
 
@@ -111,7 +112,45 @@ class Workspace:
         return self.root / SECRETS_DIR
 
     def lock_path(self, name: str) -> Path:
-        return self.root / "locks" / f"{name}.lock"
+        """`locks/<name>.lock`; a name too long for a file name (most file systems take 255
+        bytes) is cut and given a hash of the whole."""
+        if len(name.encode()) > 200:
+            name = f"{name[:100]}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+        return self.inside(self.root / "locks" / f"{name}.lock", under=self.root / "locks")
+
+    def inside(self, path: str | Path, *, under: Path | None = None) -> Path:
+        """`path` with symbolic links and `..` resolved, if that lies strictly inside the
+        workspace (or inside `under`, one of its folders). Every folder chattune creates,
+        writes or deletes under a name someone gave goes through here first.
+
+        Args:
+            path: the path to check; it need not exist yet.
+            under: the layout folder the path belongs in (`models_dir` for a model version,
+                `jobs_dir` for a job). Pass it: the folder itself may be a link to another
+                disk (the owner's choice), but nothing below it may lead elsewhere.
+
+        Returns:
+            The resolved path.
+
+        Raises:
+            PathOutsideWorkspace: the resolved path is outside (or is the folder itself);
+                the fix names the symbolic link that leads out, if one does.
+        """
+        base = Path(os.path.realpath(under if under is not None else self.root))
+        plain = "use a plain folder name: no '/', '..', leading '.' or NUL character."
+        if "\0" in str(path):  # no file system takes it; realpath would raise ValueError
+            raise PathOutsideWorkspace(f"{str(path)!r} holds a NUL character.", fix=plain)
+        resolved = Path(os.path.realpath(path))
+        if resolved != base and resolved.is_relative_to(base):
+            return resolved
+        link = _link_below(base, Path(path))
+        raise PathOutsideWorkspace(
+            f"{path} resolves to {resolved}, which is not inside {base}: chattune writes and "
+            f"deletes only inside its workspace {self.root}.",
+            fix=f"{link} is a symbolic link to {os.readlink(link)}: remove it, or use another name."
+            if link is not None
+            else plain,
+        )
 
     @property
     def mlflow_tracking_uri(self) -> str:
@@ -178,3 +217,18 @@ class Workspace:
                 f"layout {LAYOUT_VERSION} at most.",
                 fix="upgrade chattune, or use another folder with --workspace.",
             )
+
+
+def _link_below(base: Path, path: Path) -> Path | None:
+    """The first folder or file of `path` below `base` that is a symbolic link, if any."""
+    if not path.is_relative_to(base):
+        return None
+    here = base
+    for part in path.relative_to(base).parts:
+        here = here / part
+        try:
+            if here.is_symlink():
+                return here
+        except OSError:  # a name too long for the file system: not a link
+            return None
+    return None
