@@ -140,3 +140,20 @@ def test_two_nodes_train_like_one_process_and_resume_after_a_node_dies(
     assert "resuming from" in log_path(workspace, "again").read_text().lower()
     run = mlflow.MlflowClient(workspace.mlflow_tracking_uri).get_run(job.mlflow_run_id)
     assert run.data.params["num_nodes_finetune"] == "2"
+
+
+def test_the_readme_shows_the_command_each_node_runs(monkeypatch) -> None:
+    """The README's several-nodes section: the torchrun line it shows is `launch_command`'s
+    for its sbatch script's settings."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("**Several nodes.**") :]
+    script = section[
+        section.index("```sh\n") : section.index("```\n", section.index("```sh\n") + 5)
+    ]
+    shown = section[section.index("```text\n") + 8 :].split("\n", 1)[0].split()
+    assert "--set num_nodes_finetune=2" in script and "number_of_gpu_to_use_finetuning=4" in script
+    assert "chattune job join my-job" in script and "--name my-job" in script
+    monkeypatch.setenv(RDZV_ENV, "node1:29500")
+    cfg = Path("/shared/chattune/jobs/my-job/finetune_config.json")
+    params = FinetuneParams(num_nodes_finetune=2, number_of_gpu_to_use_finetuning=4)
+    assert shown == ["python", *launch_command(params, cfg, "my-job")[1:]]
