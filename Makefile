@@ -60,6 +60,12 @@ bench-t3: $(BENCH_STAMP)
 bench-eval: $(STAMP)
 	$(PY) bench/eval_step.py $(BENCH_ARGS)
 
+# What only a GPU machine shows (issue 18): DeepSpeed ZeRO-2/3 LoRA and full jobs in fp16 and
+# bf16, torchrun over 2 GPUs, the vLLM parity tests; one table (exits 2 without CUDA)
+.PHONY: gpu-check
+gpu-check: $(STAMP)
+	$(PY) bench/gpu_check.py $(BENCH_ARGS)
+
 # The whole suite (issue 6, BENCHMARKS.md): the contenders side by side, T1 training, T2
 # serving, T3 data (6k conversations), and the decode step's linears against the CPU's
 # bounds. Its time on the development machines is in bench/README.md.

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict
 from chattune.models.loading import compute_dtype, load_base, load_tokenizer
 from chattune.train.checkpoints import checkpoint_to_resume, finish_checkpoint
 from chattune.train.params import FinetuneParams
+from chattune.workspace.files import write_json_atomic
 from chattune.workspace.markers import mark_done
 
 EXIT_CANCELLED = 143
@@ -136,8 +137,8 @@ def _deepspeed_config(cfg: FinetuneConfig, cuda: bool) -> str | None:
         "gradient_accumulation_steps": "auto",
         "gradient_clipping": "auto",
     }
-    if rank() == 0:
-        path.write_text(json.dumps(ds, indent=2))
+    # every process writes the same file, each atomically: none reads it half-written
+    write_json_atomic(path, ds)
     return str(path)
 
 
