@@ -1,0 +1,137 @@
+"""The OpenAPI documents say what the servers do. schemathesis reads the gateway's and the
+model server's documents and sends what they allow and what they do not (examples, boundary
+values, invalid values; 25 generated per operation) to the real servers (a model server
+subprocess and a gateway in front of it, on free ports, stopped at the end). Every answer is
+checked: no 5xx; status codes, content types, headers and bodies as documented; invalid
+input refused; valid input accepted (see `valid_data_is_accepted` for the one refusal a JSON
+schema cannot predict).
+
+`pytest -s` prints the cases sent and their status classes per server.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from chattune.serving.gateway.app import create_gateway
+from chattune.serving.gateway.auth import key_digest
+from chattune.serving.gateway.config import DeploymentTarget, GatewayConfig
+from tests.serving.conftest import ServerProc, start_model_server
+from tests.serving.gateway.harness import PRIMARY, Served
+
+schemathesis = pytest.importorskip("schemathesis")  # the `dev` extra
+from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+AUTH = {"Authorization": f"Bearer {PRIMARY}"}
+EXAMPLES_PER_OPERATION = 25
+# A JSON schema cannot say how many tokens a text is: these refusals depend on the model (a
+# prompt or a token budget over its context, messages its chat template rejects), or on
+# another field (`top_logprobs` needs `logprobs: true`, as OpenAI has it); each 400 names
+# its field in the envelope's `param`.
+MODEL_DEPENDENT = {
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "top_logprobs",
+    "input_data.input_string",
+    "input_data.parameters.max_new_tokens",
+    "input_data.parameters.max_gen_len",
+}
+SEEN: Counter[tuple[str, str]] = Counter()  # (server, "2xx" | "4xx" | "5xx") -> cases
+
+
+@dataclass
+class Stack:
+    model_server: ServerProc
+    gateway: Served
+
+
+@pytest.fixture(scope="module")
+def stack(chatty_llama_dir, tmp_path_factory) -> Iterator[Stack]:
+    log = tmp_path_factory.mktemp("conformance") / "model_server.log"
+    server = start_model_server(chatty_llama_dir, log, "--torch-threads", "1")
+    gateway: Served | None = None
+    try:
+        server.wait_ready()
+        target = DeploymentTarget(
+            "tiny", instances=(server.url,), state="ready", request_timeout_ms=60_000,
+            max_concurrent_requests_per_instance=4,
+        )  # fmt: skip
+        config = GatewayConfig(
+            "ep", key_digests=(key_digest(PRIMARY),), traffic={"tiny": 100},
+            deployments={"tiny": target},
+        )  # fmt: skip
+        gateway = Served(create_gateway(config))
+        yield Stack(server, gateway)
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        server.stop()
+        print(f"\nschemathesis cases by server and status class: {dict(sorted(SEEN.items()))}")
+
+
+def _schema(url: str, headers: dict[str, str]) -> Any:
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json", headers=headers, timeout=30)
+    schema.config.update(headers=headers)  # every generated request carries the key
+    schema.config.generation.update(
+        max_examples=EXAMPLES_PER_OPERATION, deterministic=True, database="none"
+    )
+    return schema
+
+
+@pytest.fixture
+def gateway_schema(stack: Stack) -> Any:
+    return _schema(stack.gateway.url, AUTH)
+
+
+@pytest.fixture
+def model_server_schema(stack: Stack) -> Any:
+    return _schema(stack.model_server.url, {})
+
+
+def valid_data_is_accepted(ctx: Any, response: Any, case: Any) -> None:
+    """schemathesis's `positive_data_acceptance`, knowing what a JSON schema cannot say: a
+    request the document allows is answered, or refused only for an unknown name (404: a
+    `model` or deployment header the endpoint does not have) or a `MODEL_DEPENDENT` field."""
+    meta = case.meta
+    if meta is None or not meta.generation.mode.is_positive or response.status_code < 400:
+        return
+    if response.status_code in (401, 404):
+        return
+    error = response.json().get("error") or {}
+    if response.status_code == 400 and (error.get("param") or "").split("[")[0] in MODEL_DEPENDENT:
+        return
+    raise AssertionError(
+        f"a request the document allows was refused: {response.status_code} {response.text}"
+    )
+
+
+def _call_and_validate(case: Any, server: str) -> None:
+    response = case.call(timeout=60)
+    SEEN[(server, f"{response.status_code // 100}xx")] += 1
+    case.validate_response(
+        response,
+        excluded_checks=[positive_data_acceptance],
+        additional_checks=[valid_data_is_accepted],
+    )
+
+
+gateway = schemathesis.pytest.from_fixture("gateway_schema")
+model_server = schemathesis.pytest.from_fixture("model_server_schema")
+
+
+@gateway.parametrize()
+def test_the_gateway_does_what_its_document_says(case):
+    _call_and_validate(case, "gateway")
+
+
+@model_server.parametrize()
+def test_the_model_server_does_what_its_document_says(case):
+    _call_and_validate(case, "model server")
