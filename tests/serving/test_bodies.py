@@ -111,6 +111,28 @@ def test_score_params_must_be_empty() -> None:
     assert caught.value.param == "params" and "input_data.parameters" in str(caught.value)
 
 
+def test_whole_numbers_written_as_floats_are_integers() -> None:
+    # JSON Schema's integer (what the documents say) includes 14.0; 1.5 and "14" are not one
+    body = {"messages": HI, "seed": 11221985245.0, "top_logprobs": 14.0, "logprobs": True}
+    request = parse_body(ChatCompletionRequest, json.dumps(body).encode())
+    assert (request.seed, request.top_logprobs) == (11221985245, 14)
+    for bad in (1.5, "14", 1e300):
+        with pytest.raises(InvalidRequest, match="`seed`"):
+            parse_body(ChatCompletionRequest, json.dumps({"messages": HI, "seed": bad}).encode())
+
+
+def test_the_documents_use_json_schema_words() -> None:
+    # pydantic writes a bound it cannot translate under its own name (`ge`), which JSON
+    # Schema ignores: the document would then allow what the server refuses
+    def keys(node: object) -> set[str]:
+        if isinstance(node, dict):
+            return set(node) | {k for v in node.values() for k in keys(v)}
+        return {k for v in node for k in keys(v)} if isinstance(node, list) else set()
+
+    for model in (ChatCompletionRequest, ScoreRequest):
+        assert not keys(model.model_json_schema()) & {"ge", "gt", "le", "lt"}
+
+
 def test_not_json_is_named_as_such() -> None:
     for raw in (b"", b'{"messages": [', b"nope"):
         with pytest.raises(InvalidRequest, match="not valid JSON"):

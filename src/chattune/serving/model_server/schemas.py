@@ -13,6 +13,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     field_validator,
@@ -62,6 +63,18 @@ class TextFormat(BaseModel):
     type: Literal["text"]
 
 
+def _whole(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# JSON Schema's integer: 14.0 is one (as OpenAI takes it), 1.5 and "14" are not
+# (the bounds before the validator, or the JSON schema says `ge`, which JSON Schema has not)
+Int = Annotated[int, BeforeValidator(_whole)]
+Count = Annotated[int, Field(ge=1), BeforeValidator(_whole)]  # tokens to generate
+Seed = Annotated[int, Field(ge=-INT64, lt=INT64), BeforeValidator(_whole)]
+TopLogprobs = Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), BeforeValidator(_whole)]
+
+
 def _unsupported(message: str) -> PydanticCustomError:
     """A field's value this server cannot honour: a 400 naming it (and what would do)."""
     return PydanticCustomError("unsupported", message)
@@ -83,25 +96,22 @@ class ChatCompletionRequest(BaseModel):
     messages: Messages
     temperature: float | None = Field(None, ge=0, description="0 = greedy; default 1.0.")
     top_p: float | None = Field(None, gt=0, le=1, description="In (0, 1]; default 1.0.")
-    max_tokens: int | None = Field(
-        None, ge=1, description="Deprecated alias of max_completion_tokens."
+    max_tokens: Count | None = Field(None, description="Deprecated: max_completion_tokens.")
+    max_completion_tokens: Count | None = Field(
+        None, description="Default: the context left after the prompt (more is a 400)."
     )
-    max_completion_tokens: int | None = Field(
-        None, ge=1, description="Default: the context left after the prompt (more is a 400)."
-    )
-    n: int = Field(1, ge=1, le=1, description="Choices per request: 1 only.")
+    n: Int = Field(1, ge=1, le=1, description="Choices per request: 1 only.")
     stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=-INT64, lt=INT64)
+    seed: Seed | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     logprobs: bool | None = Field(
         None, description="Return the log probability of each answer token (the model's own "
         "distribution, before temperature and top_p)."
     )  # fmt: skip
-    top_logprobs: int | None = Field(
-        None, ge=0, le=MAX_TOP_LOGPROBS,
-        description="With logprobs: the most likely tokens at each position, and theirs.",
-    )  # fmt: skip
+    top_logprobs: TopLogprobs | None = Field(
+        None, description="With logprobs: the most likely tokens at each position, and theirs."
+    )
     response_format: TextFormat | None = Field(None, description='{"type": "text"} only.')
     tools: list[dict[str, Any]] | None = Field(
         None, max_length=0, description="Not supported: empty or left out."
@@ -151,8 +161,8 @@ class ScoreParameters(BaseModel):
     temperature: float | None = Field(None, ge=0)
     top_p: float | None = Field(None, gt=0, le=1)
     do_sample: bool | None = None
-    max_new_tokens: int | None = Field(None, ge=1)
-    max_gen_len: int | None = Field(None, ge=1, description="Alias of max_new_tokens.")
+    max_new_tokens: Count | None = None
+    max_gen_len: Count | None = Field(None, description="Alias of max_new_tokens.")
 
     @model_validator(mode="before")
     @classmethod
