@@ -1,10 +1,13 @@
 """Wire models of the model server: the seed's scoring API and OpenAI's chat completions
 (requests, responses and stream chunks), and the small replies of the health routes.
 
-Request types are strict (`"0.5"` is not a temperature, `1.0` is not a token count), so a
-wrong type is a 400 naming the field; ranges that depend on the model (tokens left in the
-context) are checked by the service once the prompt's length is known. Response models
-serialize to exactly the JSON OpenAI's clients expect; none of this imports the engine.
+Request types are strict (`"0.5"` is not a temperature, `1.5` is not a token count; `14.0`
+is, as JSON Schema's integer), and ranges, roles and the fields this server cannot honour
+are stated here, so the OpenAPI documents (made from these models) say exactly what is
+accepted, and anything else is a 400 naming the field (`serving.bodies.parse_body`). Limits
+that depend on the model (tokens left in the context) are checked by the service once the
+prompt's length is known. Response models serialize to exactly the JSON OpenAI's clients
+expect; none of this imports the engine.
 """
 
 from __future__ import annotations
