@@ -121,6 +121,11 @@ def document_bodies(app: FastAPI, *models: type[BaseModel]) -> None:
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
 
 
+_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {"data": {"type": "string"}, "event": {"enum": ["message", "error"]}},
+}
 # The 200 answer of `POST /v1/chat/completions`: JSON, or with `stream: true` server-sent
 # events, each `data: <ChatCompletionChunk>`, then `data: [DONE]`.
 CHAT_ANSWER: dict[int | str, dict[str, Any]] = {
@@ -129,7 +134,9 @@ CHAT_ANSWER: dict[int | str, dict[str, Any]] = {
         "`data: {chat.completion.chunk}` per delta, then `data: [DONE]` (an error after the "
         "status was sent comes as a last event carrying the error envelope).",
         "model": ChatCompletion,
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        # OpenAPI 3.2's `itemSchema`: what each event is (its `data` a chunk's JSON, then
+        # `[DONE]`; or the error envelope's JSON, as `event: error` from the gateway)
+        "content": {"text/event-stream": {"itemSchema": _EVENT}},
     }
 }
 SCORE_ANSWER: dict[int | str, dict[str, Any]] = {
