@@ -1,10 +1,11 @@
 """The OpenAPI documents say what the servers do. schemathesis reads the gateway's and the
-model server's documents and sends what they allow and what they do not (examples, boundary
-values, invalid values; 25 generated per operation) to the real servers (a model server
-subprocess and a gateway in front of it, on free ports, stopped at the end). Every answer is
-checked: no 5xx; status codes, content types, headers and bodies as documented; invalid
-input refused; valid input accepted (see `valid_data_is_accepted` for the one refusal a JSON
-schema cannot predict).
+model server's documents and sends what they allow and what they do not (the documents'
+examples, the coverage phase's boundary and invalid values, and 25 fuzzed per operation;
+deterministic) to the real servers (a model server subprocess and a gateway in front of it,
+on free ports, stopped at the end): about 1,000 requests, 100 s on a busy 2-core host.
+Every answer is checked: no 5xx; status codes, content types, headers and bodies as
+documented; invalid input refused; valid input accepted (see `valid_data_is_accepted` for
+the one refusal a JSON schema cannot predict).
 
 `pytest -s` prints the cases sent and their status classes per server.
 """
