@@ -143,6 +143,7 @@ def test_gateway_maps_each_domain_error_once(monkeypatch, exc, status):
     )
     gateway = create_gateway(config, rng=random.Random(0))
     auth = {"Authorization": f"Bearer {KEY}"}
-    bad, _ = post_twice(gateway.app, "/score", {"input_data": {}}, auth)
+    score = {"input_data": {"input_string": CHAT["messages"]}}  # valid: the gateway parses it
+    bad, _ = post_twice(gateway.app, "/score", score, auth)
     check(bad, exc, status)
     assert status != 500

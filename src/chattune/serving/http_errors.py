@@ -77,6 +77,34 @@ ERROR_TYPES = {
 }
 
 
+# the envelope as the OpenAPI documents state it
+ENVELOPE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "code", "param"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "code": {"type": "integer"},
+                "param": {"type": ["string", "null"], "description": "the field or header"},
+            },
+        }
+    },
+}
+
+
+def documented(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """A route's OpenAPI `responses` for these error statuses: each its description and the
+    envelope."""
+    content = {"application/json": {"schema": ENVELOPE_SCHEMA}}
+    return {
+        status: {"description": text, "content": content} for status, text in descriptions.items()
+    }
+
+
 def status_of(exc: ChattuneError) -> int:
     """The HTTP status of a domain error (`STATUS` of its nearest listed class)."""
     for cls in type(exc).__mro__:

@@ -20,6 +20,8 @@ import httpx
 import uvicorn
 
 from chattune.serving.gateway.app import Gateway
+from chattune.serving.gateway.auth import key_digest
+from chattune.serving.gateway.config import DeploymentTarget, GatewayConfig
 
 PRIMARY = "pk-" + secrets.token_urlsafe(24)
 SECONDARY = "sk-" + secrets.token_urlsafe(24)
@@ -187,7 +189,8 @@ class Served:
         self.thread.join(timeout=15)
 
 
-SAMPLE = {"input_data": {"input_string": [{"role": "user", "content": "hi"}], "parameters": {}}}
+HI = [{"role": "user", "content": "hi"}]
+SAMPLE = {"input_data": {"input_string": HI, "parameters": {}}}
 
 
 def settles(condition: Callable[[], bool], timeout_s: float = 2.0) -> bool:
@@ -199,3 +202,38 @@ def settles(condition: Callable[[], bool], timeout_s: float = 2.0) -> bool:
             return False
         time.sleep(0.01)
     return True
+
+
+def target(name: str, url: str, **settings: Any) -> DeploymentTarget:
+    return DeploymentTarget(name=name, instances=(url,), state="ready", **settings)
+
+
+def config_for(
+    fakes: dict[str, Fake],
+    traffic: dict[str, int] | None = None,
+    *,
+    mirror: dict[str, int] | None = None,
+    settings: dict[str, dict[str, Any]] | None = None,
+    keys: tuple[str, ...] = (PRIMARY, SECONDARY),
+    **fields: Any,
+) -> GatewayConfig:
+    settings = settings or {}
+    return GatewayConfig(
+        endpoint="my-endpoint",
+        key_digests=tuple(key_digest(k) for k in keys),
+        traffic={"blue": 100} if traffic is None else traffic,
+        mirror_traffic=mirror or {},
+        deployments={n: target(n, f.url, **settings.get(n, {})) for n, f in fakes.items()},
+        **fields,
+    )
+
+
+def with_fake(**behaviour: Any) -> dict[str, Any]:
+    return {**SAMPLE, "fake": behaviour}
+
+
+def error_of(response: httpx.Response) -> dict[str, Any]:
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert body["error"]["code"] == response.status_code
+    return body["error"]

@@ -8,11 +8,10 @@ both come from `harness`.
 from __future__ import annotations
 
 import json
-import random
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -20,102 +19,22 @@ from typing import Any
 import httpx
 import pytest
 
-from chattune.serving.gateway.app import create_gateway
-from chattune.serving.gateway.auth import key_digest
-from chattune.serving.gateway.config import DeploymentTarget, GatewayConfig
+from chattune.serving.gateway.config import DeploymentTarget
 from chattune.serving.gateway.forwarder import _events_end
 from chattune.serving.gateway.routing import InFlight
 from tests.serving.gateway.harness import (
+    HI,
     PRIMARY,
     SAMPLE,
     SECONDARY,
-    Fake,
     Served,
+    config_for,
+    error_of,
     free_port,
     settles,
-    start_fakes,
+    target,
+    with_fake,
 )
-
-
-@pytest.fixture(scope="module")
-def fakes() -> Iterator[dict[str, Fake]]:
-    """blue, green and shadow: alive for the whole module, reset before each test."""
-    started = start_fakes("blue", "green", "shadow")
-    try:
-        yield started
-    finally:
-        for fake in started.values():
-            fake.stop()
-
-
-@pytest.fixture
-def fresh(fakes: dict[str, Fake]) -> dict[str, Fake]:
-    for fake in fakes.values():
-        fake.control()
-    return fakes
-
-
-@pytest.fixture
-def doomed() -> Iterator[Fake]:
-    """A fake for this test only: it is told to die."""
-    fake = start_fakes("doomed")["doomed"]
-    try:
-        yield fake
-    finally:
-        fake.stop()
-
-
-def target(name: str, url: str, **settings: Any) -> DeploymentTarget:
-    return DeploymentTarget(name=name, instances=(url,), state="ready", **settings)
-
-
-def config_for(
-    fakes: dict[str, Fake],
-    traffic: dict[str, int] | None = None,
-    *,
-    mirror: dict[str, int] | None = None,
-    settings: dict[str, dict[str, Any]] | None = None,
-    keys: tuple[str, ...] = (PRIMARY, SECONDARY),
-    **fields: Any,
-) -> GatewayConfig:
-    settings = settings or {}
-    return GatewayConfig(
-        endpoint="my-endpoint",
-        key_digests=tuple(key_digest(k) for k in keys),
-        traffic={"blue": 100} if traffic is None else traffic,
-        mirror_traffic=mirror or {},
-        deployments={n: target(n, f.url, **settings.get(n, {})) for n, f in fakes.items()},
-        **fields,
-    )
-
-
-@pytest.fixture
-def serve() -> Iterator[Callable[..., Served]]:
-    """serve(config, seed=0) starts a gateway; every one is stopped at the end."""
-    started: list[Served] = []
-
-    def start(config: GatewayConfig, seed: int = 0) -> Served:
-        served = Served(create_gateway(config, rng=random.Random(seed)))
-        started.append(served)
-        return served
-
-    try:
-        yield start
-    finally:
-        for served in started:
-            served.stop()
-
-
-def with_fake(**behaviour: Any) -> dict[str, Any]:
-    return {**SAMPLE, "fake": behaviour}
-
-
-def error_of(response: httpx.Response) -> dict[str, Any]:
-    body = response.json()
-    assert set(body) == {"error"}, body
-    assert body["error"]["code"] == response.status_code
-    return body["error"]
-
 
 pytestmark = pytest.mark.integration
 
@@ -195,11 +114,20 @@ def test_openapi_describes_the_forwarded_routes(fresh, serve) -> None:
     doc = gw.get("/openapi.json").json()
     assert gw.get("/swagger.json").json() == doc
     assert {"/score", "/v1/chat/completions", "/v1/models"} <= set(doc["paths"])
+    schemas = doc["components"]["schemas"]
     score = doc["paths"]["/score"]["post"]
-    schema = score["requestBody"]["content"]["application/json"]["schema"]
-    assert schema["required"] == ["input_data"]
-    assert {"401", "404", "408", "413", "424", "429"} <= set(score["responses"])
+    ref = score["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert schemas[ref.rsplit("/", 1)[1]]["required"] == ["input_data"]
+    assert {"400", "401", "404", "408", "413", "424", "429", "503"} <= set(score["responses"])
     assert "HTTPBearer" in json.dumps(doc["components"]["securitySchemes"])
+    # what the servers accept, as they accept it: the model server's own wire models
+    chat = doc["paths"]["/v1/chat/completions"]["post"]
+    assert set(chat["responses"]["200"]["content"]) == {"application/json", "text/event-stream"}
+    request = schemas["ChatCompletionRequest"]["properties"]
+    assert {"type": "null"} in request["max_completion_tokens"]["anyOf"]  # null is accepted
+    assert schemas["ChatCompletionRequest"]["properties"]["messages"]["minItems"] == 1
+    assert schemas["ScoreParameters"]["additionalProperties"] is False
+    assert [p["name"] for p in chat["parameters"]] == ["azureml-model-deployment"]
 
 
 def test_v1_models_lists_the_deployments(fresh, serve) -> None:
@@ -263,6 +191,14 @@ def test_failed_and_starting_deployments(fresh, serve) -> None:
     r = gw.post()
     assert r.status_code == 503
     assert "is starting" in error_of(r)["message"]
+
+    # ready, but its one instance is being restarted: said so, not "(state ready)"
+    restarting = DeploymentTarget("blue", state="ready")
+    gw.gateway.update(replace(config_for(fresh), deployments={"blue": restarting}))
+    r = gw.post()
+    message = error_of(r)["message"]
+    assert r.status_code == 503 and r.headers["retry-after"] == "10"
+    assert "has no ready instance right now" in message and "state" not in message
 
 
 def test_mirror_reaches_the_shadow_without_delaying_the_client(fresh, serve) -> None:
@@ -346,7 +282,7 @@ def test_body_too_large_is_413(fresh, serve) -> None:
     assert fresh["blue"].stats()["score"] == 1
 
 
-def test_over_the_in_flight_limit_is_429_with_retry_after(fresh, serve) -> None:
+def test_over_the_in_flight_limit_is_429_with_retry_after_unless_malformed(fresh, serve) -> None:
     # 1 per instance x 1 instance: 2 in flight at most.
     gw = serve(config_for(fresh, settings={"blue": {"request_timeout_ms": 10_000}}))
     with ThreadPoolExecutor(2) as pool:
@@ -358,6 +294,13 @@ def test_over_the_in_flight_limit_is_429_with_retry_after(fresh, serve) -> None:
         assert r.status_code == 429
         assert r.headers["retry-after"] == "1"
         assert "already has 2 in flight" in error_of(r)["message"]
+        # a malformed request is refused for what it is, before it asks for a slot
+        bad = gw.post(json={"input_data": {"input_string": "hi"}})
+        assert bad.status_code == 400, bad.text
+        assert "input_data.input_string" in error_of(bad)["message"]
+        not_json = gw.post("/v1/chat/completions", json=None, content=b"{",
+                           headers={"content-type": "application/json"})  # fmt: skip
+        assert not_json.status_code == 400 and "not valid JSON" in error_of(not_json)["message"]
         assert [f.result().status_code for f in slow] == [200, 200]
     assert gw.post().status_code == 200
     assert gw.gateway.in_flight.deployment("blue") == 0
@@ -420,7 +363,7 @@ def stream_events(gw: Served, body: dict[str, Any]) -> tuple[list[tuple[float, s
 
 def test_sse_is_relayed_as_it_arrives(fresh, serve) -> None:
     gw = serve(config_for(fresh))
-    body = {"messages": [], "stream": True, "fake": {"chunks": 5, "chunk_delay": 0.3}}
+    body = {"messages": HI, "stream": True, "fake": {"chunks": 5, "chunk_delay": 0.3}}
     lines, total = stream_events(gw, body)
     assert [line for _, line in lines] == [
         *(f'data: {{"i": {i}, "name": "blue"}}' for i in range(5)),
@@ -434,7 +377,7 @@ def test_sse_is_relayed_as_it_arrives(fresh, serve) -> None:
 def test_client_leaving_mid_stream_closes_the_upstream_stream(fresh, serve) -> None:
     gw = serve(config_for(fresh))
     body = {
-        "messages": [],
+        "messages": HI,
         "stream": True,
         "fake": {"chunks": 6, "chunk_delay": 0.2, "tag": "gone"},
     }
@@ -456,7 +399,7 @@ def test_death_mid_stream_ends_with_an_sse_error_event(fresh, doomed, serve) -> 
     )
     gw = serve(config)
     body = {
-        "messages": [],
+        "messages": HI,
         "stream": True,
         "fake": {"chunks": 5, "chunk_delay": 0.1, "die_after": 2},
     }

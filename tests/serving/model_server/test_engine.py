@@ -173,6 +173,46 @@ def test_sample_next_respects_top_p():
     assert sample_next(logits, SamplingParams(do_sample=True, temperature=0), gen) == 0
 
 
+def test_a_tiny_temperature_is_greedy_not_nan():
+    # logits / 1e-300 overflowed to inf, and inf - inf made the softmax NaN (a 500)
+    logits = torch.tensor([2.0, 5.0, -1.0, 4.999])
+    gen = torch.Generator().manual_seed(0)
+    for t in (1e-300, 5e-324, 1e-30):
+        params = SamplingParams(do_sample=True, temperature=t)
+        assert {sample_next(logits, params, gen) for _ in range(50)} == {1}
+
+
+def test_logprobs_are_recorded_per_answer_token(chatty_llama_dir):
+    engine = _load(chatty_llama_dir, max_batch_size=4)
+    try:
+        prompt = ChatPrompter(engine.tokenizer).encode([{"role": "user", "content": "Hello"}])
+        # batched with rows that ask for none, and one sampled row
+        asks = [SamplingParams(max_new_tokens=12, logprobs=4), SamplingParams(max_new_tokens=12),
+                SamplingParams(max_new_tokens=12, logprobs=0, do_sample=True, seed=1)]  # fmt: skip
+        handles = [engine.submit(prompt, p) for p in asks]
+        for h in handles:
+            h.text()
+        greedy, plain, sampled = handles
+        assert plain.logprobs == []
+        eos = engine.eos_ids
+        for h, top in ((greedy, 4), (sampled, 0)):
+            answer = [t for t in h.token_ids if t not in eos]  # eos is not an answer token
+            assert [r.token for r in h.logprobs] == answer
+            assert all(len(r.top) == top and r.logprob <= 0 for r in h.logprobs)
+        for r in greedy.logprobs:  # greedy picks the most likely token, first in the top
+            assert r.top[0] == (r.token, r.logprob)
+            assert [lp for _, lp in r.top] == sorted((lp for _, lp in r.top), reverse=True)
+        # the first token's log probabilities are the model's own
+        with torch.inference_mode():
+            logits = engine.model(torch.tensor([prompt])).logits[0, -1]
+        want = torch.log_softmax(logits.float(), -1).topk(4)
+        assert [t for t, _ in greedy.logprobs[0].top] == want.indices.tolist()
+        got = [lp for _, lp in greedy.logprobs[0].top]
+        assert got == pytest.approx(want.values.tolist(), abs=1e-4)
+    finally:
+        engine.stop()
+
+
 def test_stop_strings_and_utf8_deltas(chatty_llama_dir):
     engine = _load(chatty_llama_dir)
     try:

@@ -13,71 +13,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
 
 from chattune.serving.model_server.chat import ChatPrompter
 from tests.serving.conftest import ServerProc, start_model_server
+from tests.serving.model_server.conftest import CONV
 
 pytestmark = pytest.mark.integration
-
-CONV = [
-    {"role": "system", "content": "You are a helpful assistant."},
-    {"role": "user", "content": "Can you tell me a joke about computers?"},
-    {"role": "assistant", "content": "Why did the programmer quit his job?"},
-    {"role": "user", "content": "Why?"},
-    {"role": "assistant", "content": "Because he did not get arrays."},
-]
-
-
-@pytest.fixture(scope="module")
-def server(chatty_llama_dir, llama_adapters, tmp_path_factory) -> ServerProc:
-    """One server for the module; `seen` records /ready and /health while it loaded.
-
-    fp32, as the reference: the default (auto) is bf16 on a CPU with bf16 instructions, and
-    greedy text in bf16 parts from fp32's after a few tokens."""
-    log = tmp_path_factory.mktemp("ms") / "server.log"
-    flags = [f"--adapter={n}={p}" for n, p in llama_adapters.items()]
-    srv = start_model_server(
-        chatty_llama_dir, log, *flags, "--max-batch-size", "16", "--torch-threads", "1",
-        "--dtype", "float32",
-    )  # fmt: skip
-    try:
-        srv.seen = []  # type: ignore[attr-defined]
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and srv.proc.poll() is None:
-            try:
-                ready = srv.client.get("/ready", timeout=2).status_code
-                health = srv.client.get("/health", timeout=2).status_code
-            except httpx.TransportError:
-                time.sleep(0.05)
-                continue
-            srv.seen.append((ready, health))  # type: ignore[attr-defined]
-            if ready == 200:
-                break
-            time.sleep(0.05)
-        srv.wait_ready(5)
-        yield srv
-    finally:
-        srv.stop()
-
-
-@pytest.fixture(scope="module")
-def reference(chatty_llama_dir):
-    """Greedy answers computed in this process with transformers alone."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(chatty_llama_dir)
-    model = AutoModelForCausalLM.from_pretrained(chatty_llama_dir).eval()
-    prompter = ChatPrompter(tok)
-    eos = [tok.convert_tokens_to_ids("<|im_end|>")]
-
-    def greedy(messages: list[dict], n: int) -> tuple[str, int, int]:
-        ids = prompter.encode(messages)
-        out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False,
-                             eos_token_id=eos, pad_token_id=eos[0])[0, len(ids):]  # fmt: skip
-        return tok.decode(out, skip_special_tokens=True), len(ids), len(out)
-
-    return greedy
 
 
 def _stats(srv: ServerProc) -> dict:
@@ -151,8 +92,8 @@ def test_openai_client_plain_and_streaming(server, reference):
     [
         (b'{"messages": [', "not valid JSON"),
         (b'{"messages": "hi"}', "messages"),
-        ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
-        ({"messages": []}, "`messages` is empty"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, "`messages.0.role`"),
+        ({"messages": []}, "`messages`: List should have at least 1 item"),
         ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
         ({"messages": [{"role": "user", "content": "hi"}], "temperature": -0.1}, "temperature"),
         ({"messages": [{"role": "user", "content": "hi"}], "top_p": 0}, "top_p"),
@@ -173,6 +114,9 @@ def test_bad_chat_requests_are_400_naming_the_field(server, body, field):
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert err["code"] == 400 and field in err["message"], err
+    assert "/docs" not in err["message"]  # a hint at a page that exists:
+    if "GET /openapi.json" in err["message"]:
+        assert httpx.get(f"{server.url}/openapi.json").status_code == 200
 
 
 @pytest.mark.parametrize(

@@ -2,9 +2,12 @@
 
 An ASGI app (FastAPI) that the supervisor runs with uvicorn on the endpoint's port, in front
 of the model-server instances of the endpoint's deployments. Laid out the
-fastapi-best-practices way: the dependencies `valid_key` → `route_deployment` validate and
-load (`auth.valid_key`: the key), one service (`Forwarder`, in `forwarder.py`) forwards, and
-every error is a `chattune.errors` domain error mapped once by `http_errors`.
+fastapi-best-practices way: the dependencies `valid_key` → `limited_body` → `score_body` or
+`chat_body` → `route_score` or `route_chat` validate and load (the key, the body's size,
+the body parsed by the model server's own wire models, so a malformed request is a 400
+before it takes an in-flight slot; the deployment), one service (`Forwarder`, in
+`forwarder.py`) forwards the body's bytes as they came, and every error is a
+`chattune.errors` domain error mapped once by `http_errors`.
 
     gateway = create_gateway(config)
     uvicorn.run(gateway.app, port=port)   # the supervisor calls gateway.update(new) as
@@ -22,6 +25,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from chattune.errors import RequestTooLarge, ServiceUnavailable
+from chattune.serving.bodies import document_bodies, parse_body
 from chattune.serving.gateway import openapi as docs
 from chattune.serving.gateway.auth import valid_key
 from chattune.serving.gateway.config import GatewayConfig, current_config
@@ -35,7 +39,13 @@ from chattune.serving.gateway.routing import (
 )
 from chattune.serving.headers import DEPLOYMENT_HEADER
 from chattune.serving.http_errors import install_error_handlers
-from chattune.serving.model_server.schemas import ModelList, ReadyReply, StatusReply
+from chattune.serving.model_server.schemas import (
+    ChatCompletionRequest,
+    ModelList,
+    ReadyReply,
+    ScoreRequest,
+    StatusReply,
+)
 
 
 class Gateway:
@@ -88,23 +98,6 @@ def _gateway(request: Request) -> Gateway:
     return request.app.state.gateway
 
 
-async def route_deployment(
-    request: Request,
-    config: GatewayConfig = Depends(current_config),
-    _key: None = Depends(valid_key),
-) -> Route:
-    """Pick the deployment (header or traffic split) and check that it can answer now.
-
-    Raises:
-        RouteNotFound: unknown deployment or no traffic (404).
-        UpstreamFailed: the deployment failed (424).
-        ServiceUnavailable: it is starting (503).
-    """
-    route = choose_route(config, request.headers.get(DEPLOYMENT_HEADER), _gateway(request).rng)
-    check_serving(route.target)
-    return route
-
-
 async def limited_body(
     request: Request,
     config: GatewayConfig = Depends(current_config),
@@ -137,6 +130,50 @@ def _too_large(size: int, limit: int, *, at_least: bool = False) -> RequestTooLa
     )
 
 
+async def score_body(body: bytes = Depends(limited_body)) -> ScoreRequest:
+    """The `/score` body, parsed (`bodies.parse_body`: 400 naming the field)."""
+    return parse_body(ScoreRequest, body)
+
+
+async def chat_body(body: bytes = Depends(limited_body)) -> ChatCompletionRequest:
+    """The chat-completion body, parsed (`bodies.parse_body`: 400 naming the field)."""
+    return parse_body(ChatCompletionRequest, body)
+
+
+def _route(request: Request, config: GatewayConfig, model: str | None) -> Route:
+    """Pick the deployment (header, `model`, or traffic split) and check that it can answer
+    now.
+
+    Raises:
+        RouteNotFound: unknown deployment or `model`, or no traffic (404).
+        InvalidRequest: the header and `model` disagree (400).
+        UpstreamFailed: the deployment failed (424).
+        ServiceUnavailable: it has no ready instance (503).
+    """
+    header = request.headers.get(DEPLOYMENT_HEADER)
+    route = choose_route(config, header, _gateway(request).rng, model)
+    check_serving(route.target)
+    return route
+
+
+async def route_score(
+    request: Request,
+    config: GatewayConfig = Depends(current_config),
+    _body: ScoreRequest = Depends(score_body),
+) -> Route:
+    """Where a `/score` request goes (see `_route`)."""
+    return _route(request, config, None)
+
+
+async def route_chat(
+    request: Request,
+    config: GatewayConfig = Depends(current_config),
+    chat: ChatCompletionRequest = Depends(chat_body),
+) -> Route:
+    """Where a chat completion goes: its `model` may name the deployment (see `_route`)."""
+    return _route(request, config, chat.model)
+
+
 async def forwarder(request: Request) -> Forwarder:
     """The gateway's forwarding service."""
     return _gateway(request).forwarder
@@ -153,7 +190,11 @@ async def health() -> StatusReply:
     return StatusReply(status="ok")
 
 
-@open_router.get("/ready", summary="Some deployment with traffic has a ready instance")
+@open_router.get(
+    "/ready",
+    summary="Some deployment with traffic has a ready instance",
+    responses={503: docs.ERRORS[503]},
+)
 async def ready(config: GatewayConfig = Depends(current_config)) -> ReadyReply:
     serving = [
         name
@@ -169,10 +210,10 @@ async def ready(config: GatewayConfig = Depends(current_config)) -> ReadyReply:
     return ReadyReply(status="ready", deployments=serving)
 
 
-@router.post("/score", tags=["scoring"], openapi_extra=docs.SCORE, responses=docs.ERRORS)
+@router.post("/score", tags=["scoring"], openapi_extra=docs.SCORE, responses=docs.SCORE_ANSWERS)
 async def score(
     request: Request,
-    route: Route = Depends(route_deployment),
+    route: Route = Depends(route_score),
     body: bytes = Depends(limited_body),
     service: Forwarder = Depends(forwarder),
 ) -> Response:
@@ -181,11 +222,11 @@ async def score(
 
 
 @router.post(
-    "/v1/chat/completions", tags=["openai"], openapi_extra=docs.CHAT, responses=docs.ERRORS
+    "/v1/chat/completions", tags=["openai"], openapi_extra=docs.CHAT, responses=docs.CHAT_ANSWERS
 )
 async def chat_completions(
     request: Request,
-    route: Route = Depends(route_deployment),
+    route: Route = Depends(route_chat),
     body: bytes = Depends(limited_body),
     service: Forwarder = Depends(forwarder),
 ) -> Response:
@@ -230,4 +271,5 @@ def _build_app(gateway: Gateway) -> FastAPI:
     install_error_handlers(app)
     app.include_router(open_router)
     app.include_router(router)
+    document_bodies(app, ScoreRequest, ChatCompletionRequest)
     return app

@@ -10,7 +10,13 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
-from chattune.errors import RouteNotFound, ServiceUnavailable, TooManyRequests, UpstreamFailed
+from chattune.errors import (
+    InvalidRequest,
+    RouteNotFound,
+    ServiceUnavailable,
+    TooManyRequests,
+    UpstreamFailed,
+)
 from chattune.serving.gateway.config import DeploymentTarget, GatewayConfig
 from chattune.serving.headers import DEPLOYMENT_HEADER
 
@@ -31,17 +37,33 @@ class Route:
     mirror: DeploymentTarget | None = None
 
 
-def choose_route(config: GatewayConfig, header: str | None, rng: random.Random) -> Route:
+def choose_route(
+    config: GatewayConfig, header: str | None, rng: random.Random, model: str | None = None
+) -> Route:
     """Pick the deployment for a request, as Azure does.
 
     The `azureml-model-deployment` header names the deployment and bypasses the split (a
-    deployment with 0% traffic may be named; such requests are never mirrored). Otherwise a
-    deployment is drawn by the traffic weights, and the mirror deployment gets a copy with
-    its percent as probability.
+    deployment with 0% traffic may be named; such requests are never mirrored). So does an
+    OpenAI request's `model` naming a deployment (or a LoRA deployment's adapter); `model`
+    naming the endpoint, or left out, follows the split. Otherwise a deployment is drawn by
+    the traffic weights, and the mirror deployment gets a copy with its percent as
+    probability.
 
     Raises:
-        RouteNotFound: the named deployment does not exist, or no deployment has traffic.
+        RouteNotFound: the named deployment or `model` does not exist, or no deployment has
+            traffic (404, listing the names).
+        InvalidRequest: the header and `model` name different deployments (400).
     """
+    named = model_deployment(config, model)
+    if header and named is not None and named != header:
+        raise InvalidRequest(
+            f"`model` '{model}' is deployment '{named}', but the {DEPLOYMENT_HEADER} header "
+            f"names '{header}'.",
+            fix=f"name one deployment: drop the header, or set `model` to '{header}' or to "
+            f"the endpoint's name '{config.endpoint}'.",
+            param="model",
+        )
+    header = header or named
     if header:
         target = config.deployments.get(header)
         if target is None:
@@ -68,6 +90,32 @@ def choose_route(config: GatewayConfig, header: str | None, rng: random.Random) 
     return Route(target, _draw_mirror(config, rng))
 
 
+def model_deployment(config: GatewayConfig, model: str | None) -> str | None:
+    """The deployment an OpenAI request's `model` names: a deployment's name or its LoRA
+    adapter's; None for the endpoint's name or no `model` (the traffic split decides).
+
+    Raises:
+        RouteNotFound: any other name (404, listing the valid ones).
+    """
+    if model is None or (model == config.endpoint and model not in config.deployments):
+        return None
+    if model in config.deployments:
+        return model
+    for name, target in config.deployments.items():
+        if target.adapter == model:
+            return name
+    names = sorted(
+        {*config.deployments, *(t.adapter for t in config.deployments.values())} - {None}
+    )
+    raise RouteNotFound(
+        f"model '{model}' not found in endpoint '{config.endpoint}'; its models are "
+        f"{', '.join(names) or '(none)'} (its deployments), or '{config.endpoint}' (the "
+        "endpoint: its traffic split).",
+        fix="set `model` to one of them (GET /v1/models lists the deployments).",
+        param="model",
+    )
+
+
 def _draw_mirror(config: GatewayConfig, rng: random.Random) -> DeploymentTarget | None:
     for name, pct in config.mirror_traffic.items():
         shadow = config.deployments.get(name)
@@ -92,10 +140,15 @@ def check_serving(target: DeploymentTarget) -> None:
             deployment=target.name,
         )
     if not target.instances:
-        doing = "is starting" if target.state == "creating" else "has no ready instance"
+        doing = (
+            "is starting: no instance is ready yet"
+            if target.state == "creating"
+            else "has no ready instance right now (the supervisor restarts an instance that "
+            "stopped answering)"
+        )
         raise ServiceUnavailable(
-            f"deployment '{target.name}' {doing} (state {target.state}); retry in a few "
-            "seconds, or watch it with `chattune deployment show`.",
+            f"deployment '{target.name}' {doing}; retry in a few seconds, or watch it with "
+            "`chattune deployment show`.",
             deployment=target.name,
             retry_after_s=RETRY_AFTER_STARTING_S,
         )

@@ -19,11 +19,12 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from chattune.serving.bodies import document_bodies
 from chattune.serving.http_errors import install_error_handlers
 from chattune.serving.model_server.auth import InstanceKeyCheck
 from chattune.serving.model_server.engine import DEFAULT_MAX_BATCH, Engine
 from chattune.serving.model_server.loading import load_engine
-from chattune.serving.model_server.router import ROUTERS
+from chattune.serving.model_server.router import BODIES, ROUTERS
 from chattune.serving.model_server.service import ModelService
 
 log = logging.getLogger("chattune.serving")
@@ -104,4 +105,5 @@ def create_app(
     app.state.service = service
     for router in ROUTERS:
         app.include_router(router)
+    document_bodies(app, *BODIES)
     return app

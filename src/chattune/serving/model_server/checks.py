@@ -1,59 +1,23 @@
-"""Checks of a model-server request that need the model: JSON and types (the strict wire
-models of `schemas`), roles and the chat template, and token budgets against the context
-left after the prompt. Each raises `InvalidRequest` (400) naming the field and the fix."""
+"""Checks of a model-server request that need the model (JSON, types and ranges are the
+wire models' of `schemas`, parsed by `serving.bodies.parse_body`): the chat template, and
+token budgets against the context left after the prompt. Each raises `InvalidRequest` (400)
+naming the field and the fix."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
-from pydantic import BaseModel, ValidationError
-
 from chattune.errors import ChattuneError, InvalidRequest
 from chattune.serving.model_server.chat import ChatPrompter
-from chattune.serving.model_server.engine import Engine, SamplingParams
+from chattune.serving.model_server.engine import Engine
+from chattune.serving.model_server.sampling import SamplingParams
 from chattune.serving.model_server.schemas import ROLES, ChatMessage
-
-
-def parse_body(model: type[BaseModel], raw: bytes) -> Any:
-    """`raw` parsed into `model`; malformed JSON or a wrong field is a 400 naming it."""
-    try:
-        json.loads(raw or b"")
-    except ValueError as exc:
-        raise InvalidRequest(
-            f"the body is not valid JSON ({exc}); send a JSON object.", param="body"
-        ) from None
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        parts, param = [], None
-        for err in exc.errors(include_url=False):
-            where = ".".join(str(p) for p in err["loc"]) or "body"
-            param = param or where
-            parts.append(f"`{where}`: {err['msg']}")
-        raise InvalidRequest(
-            "invalid request: " + "; ".join(parts[:6]) + ". Send the named fields as "
-            "the API documents them (GET /docs).",
-            param=param,
-        ) from None
 
 
 def prompt_ids(
     prompter: ChatPrompter, engine: Engine, messages: list[ChatMessage], field: str
 ) -> list[int]:
-    """The prompt ids of `messages` (roles checked, the model's template applied); 400 if
-    empty, a role is unknown, the template rejects them, or they fill the context."""
-    if not messages:
-        raise InvalidRequest(f"`{field}` is empty; send at least one message.", param=field)
-    plain = []
-    for i, m in enumerate(messages):
-        role = ROLES.get(m.role)
-        if role is None:
-            raise InvalidRequest(
-                f"`{field}[{i}].role` is {m.role!r}; use one of system, user, assistant.",
-                param=f"{field}[{i}].role",
-            )
-        plain.append({"role": role, "content": m.text()})
+    """The prompt ids of `messages` (the model's template applied to OpenAI's roles); 400 if
+    the template rejects them or they fill the context."""
+    plain = [{"role": ROLES[m.role], "content": m.text()} for m in messages]
     try:
         ids = prompter.encode(plain)
     except ChattuneError as exc:  # the chat template refused the messages
@@ -97,6 +61,7 @@ def sampling_params(
     do_sample: bool,
     seed: int | None = None,
     stop: list[str] | None = None,
+    logprobs: int | None = None,
 ) -> SamplingParams:
     """`SamplingParams` from checked values (temperature >= 0, top_p in (0, 1])."""
 
@@ -120,4 +85,5 @@ def sampling_params(
         top_p=1.0 if top_p is None else top_p,
         seed=seed,
         stop=tuple(stop or ()),
+        logprobs=logprobs,
     )

@@ -55,6 +55,12 @@ from chattune.serving.model_server.chat import (
     StopMatcher,
     model_context_length,
 )
+from chattune.serving.model_server.sampling import (
+    SamplingParams,
+    TokenLogprobs,
+    sample_next,
+    token_logprobs,
+)
 
 if TYPE_CHECKING:  # transformers is imported by the engine thread, not by `schemas`' users
     from chattune.serving.model_server.kvcache import BatchCache
@@ -65,32 +71,6 @@ log = logging.getLogger("chattune.serving")
 # Most rows decoded together. With 16, half of 32 concurrent requests queued (BENCHMARKS.md,
 # T2 sweep: time to first token 16 s); the KV cache grows only with the live rows.
 DEFAULT_MAX_BATCH = 32
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How one request is decoded.
-
-    Attributes:
-        max_new_tokens: most tokens to generate (>= 1), eos included.
-        do_sample: False: greedy (argmax); True: sample with `temperature` and `top_p`.
-        temperature: logits are divided by it; 0 means greedy whatever `do_sample` says.
-        top_p: nucleus sampling: sample among the most likely tokens whose probabilities
-            add up to `top_p` (in (0, 1]).
-        seed: seeds this request's own generator: same seed, same text (None: random).
-        stop: strings that end the answer; the text stops before them.
-    """
-
-    max_new_tokens: int = 256
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-
-    @property
-    def greedy(self) -> bool:
-        return not self.do_sample or self.temperature == 0
 
 
 # -- the handle -------------------------------------------------------------------------------
@@ -104,6 +84,10 @@ class Handle:
     After the iteration: `finish_reason` ("stop" | "length" | "cancelled"), `prompt_tokens`,
     `completion_tokens`, `token_ids` (eos included). A domain error (`ChattuneError`) on the
     engine thread is raised from the iteration as it is; any other failure as `EngineError`.
+
+    With `SamplingParams.logprobs` set, `logprobs` holds one `TokenLogprobs` per answer token
+    (eos left out, as it is not text), and `logprobs_sent` how many of them had been recorded
+    when the delta last yielded was decoded: a stream sends those with that delta.
     """
 
     _ids = itertools.count(1)
@@ -114,6 +98,8 @@ class Handle:
         self.adapter = adapter
         self.completion_tokens = 0
         self.token_ids: list[int] = []
+        self.logprobs: list[TokenLogprobs] = []
+        self.logprobs_sent = 0
         self.finish_reason: str | None = None
         self.error: BaseException | None = None
         self.cancelled = threading.Event()
@@ -149,7 +135,8 @@ class Handle:
     def _unpack(self, item: tuple[str, Any]) -> str | None:
         kind, value = item
         if kind == _TEXT:
-            return value
+            text, self.logprobs_sent = value
+            return text
         if kind == _ERROR:
             if isinstance(value, ChattuneError):
                 raise value  # a domain error keeps its class (and so its status code)
@@ -171,21 +158,6 @@ class Handle:
     def text(self) -> str:
         """The whole answer (blocks until it is finished)."""
         return "".join(self)
-
-
-# -- sampling ---------------------------------------------------------------------------------
-def sample_next(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> int:
-    """The next token from one row's logits (V,): argmax, or temperature + top-p sampling."""
-    if params.greedy:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float().cpu() / params.temperature, dim=-1)
-    if params.top_p < 1.0:
-        sorted_p, order = torch.sort(probs, descending=True)
-        # keep a token if the ones more likely than it add up to less than top_p
-        keep = (torch.cumsum(sorted_p, dim=-1) - sorted_p) < params.top_p
-        keep[0] = True
-        probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_p[keep])
-    return int(torch.multinomial(probs, 1, generator=gen))
 
 
 def _serving_attention(model: Any, packed: bool, decode: bool) -> tuple[bool, bool]:
@@ -572,8 +544,8 @@ class Engine:
             self._stats.cached_prompt_tokens += cached
             self._stats.prefill_seconds += time.perf_counter() - t0
             self._stats.joined_running += running * len(rows)
-        for row, token, c in zip(rows, tokens, cols, strict=True):
-            if not self._accept(row, token):
+        for i, (row, token, c) in enumerate(zip(rows, tokens, cols, strict=True)):
+            if not self._accept(row, token, logits[i]):
                 self._join(row, cache, c)
 
     def _join(self, row: _Row, cache: Any, cols: slice) -> None:
@@ -625,7 +597,9 @@ class Engine:
             self._stats.rows_stepped += len(rows)
             self._stats.step_seconds += time.perf_counter() - t0
             self._stats.max_batch = max(self._stats.max_batch, len(rows))
-        done = [self._accept(r, t) for r, t in zip(rows, tokens, strict=True)]
+        done = [
+            self._accept(r, t, logits[i]) for i, (r, t) in enumerate(zip(rows, tokens, strict=True))
+        ]
         full = [i for i, r in enumerate(rows) if not done[i] and self._room(r) <= 0]
         for i in full:
             self._finish(rows[i], "length")
@@ -636,8 +610,8 @@ class Engine:
         """Tokens the context still holds for this row (its next token included)."""
         return self.context_length - len(row.prompt) - row.handle.completion_tokens
 
-    def _accept(self, row: _Row, token: int) -> bool:
-        """Record a sampled token; True if the row is finished."""
+    def _accept(self, row: _Row, token: int, logits: torch.Tensor) -> bool:
+        """Record a token sampled from `logits` (V,); True if the row is finished."""
         h = row.handle
         h.token_ids.append(token)
         h.completion_tokens += 1
@@ -646,9 +620,11 @@ class Engine:
         if token in self.eos_ids:
             self._finish(row, "stop")
             return True
+        if row.params.logprobs is not None:
+            h.logprobs.append(token_logprobs(logits, token, row.params.logprobs))
         text, hit = row.stops.feed(row.detok.add(token))
         if text:
-            h._put(_TEXT, text)
+            h._put(_TEXT, (text, len(h.logprobs)))
         if hit:
             self._finish(row, "stop", flush=False)
             return True
@@ -664,7 +640,7 @@ class Engine:
             text, hit = row.stops.feed(row.detok.flush())
             text += "" if hit else row.stops.flush()
             if text:
-                h._put(_TEXT, text)
+                h._put(_TEXT, (text, len(h.logprobs)))
         h.finish_reason = reason
         with self._cv:
             self._stats.finished += 1

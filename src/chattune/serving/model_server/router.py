@@ -18,7 +18,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from chattune.serving.model_server.checks import parse_body
+from chattune.serving.bodies import CHAT_ANSWER, SCORE_ANSWER, body_doc, parse_body
+from chattune.serving.http_errors import documented
 from chattune.serving.model_server.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -35,18 +36,30 @@ def model_service(request: Request) -> ModelService:
     return request.app.state.service
 
 
+# what this server answers besides 200 (the gateway's document adds its own)
+ERRORS = documented(
+    {
+        400: "malformed, unsupported or out-of-range input, naming the field",
+        408: "the request's deadline passed; the generation was stopped",
+        503: "the model is still loading, or failed to load",
+    }
+)
+
+
 health_router = APIRouter(tags=["health"])
 scoring_router = APIRouter(tags=["scoring"])
 openai_router = APIRouter(prefix="/v1", tags=["openai"])
 
 
-@health_router.get("/health", summary="The process and its engine thread live")
+@health_router.get(
+    "/health", summary="The process and its engine thread live", responses={503: ERRORS[503]}
+)
 def health(service: ModelService = Depends(model_service)) -> StatusReply:
     service.check_alive()
     return StatusReply(status="ok")
 
 
-@health_router.get("/ready", summary="The model is loaded")
+@health_router.get("/ready", summary="The model is loaded", responses={503: ERRORS[503]})
 def ready(service: ModelService = Depends(model_service)) -> StatusReply:
     service.check_ready()
     return StatusReply(status="ready")
@@ -57,7 +70,9 @@ def stats(service: ModelService = Depends(model_service)) -> dict[str, Any]:
     return service.stats()
 
 
-@scoring_router.post("/score")
+@scoring_router.post(
+    "/score", openapi_extra=body_doc(ScoreRequest), responses={**SCORE_ANSWER, **ERRORS}
+)
 async def score(request: Request, service: ModelService = Depends(model_service)) -> ScoreResponse:
     """The seed's scoring API: `{"input_data": {"input_string": [...], "parameters": {}}}`."""
     call = Call.of(request)
@@ -69,7 +84,12 @@ def models(service: ModelService = Depends(model_service)) -> ModelList:
     return service.models()
 
 
-@openai_router.post("/chat/completions", response_model=None)
+@openai_router.post(
+    "/chat/completions",
+    response_model=None,
+    openapi_extra=body_doc(ChatCompletionRequest),
+    responses={**CHAT_ANSWER, **ERRORS},
+)
 async def chat_completions(
     request: Request, service: ModelService = Depends(model_service)
 ) -> ChatCompletion | StreamingResponse:
@@ -82,3 +102,4 @@ async def chat_completions(
 
 
 ROUTERS = (health_router, scoring_router, openai_router)
+BODIES = (ScoreRequest, ChatCompletionRequest)  # for `bodies.document_bodies`

@@ -1,21 +1,36 @@
 """Wire models of the model server: the seed's scoring API and OpenAI's chat completions
 (requests, responses and stream chunks), and the small replies of the health routes.
 
-Request types are strict (`"0.5"` is not a temperature, `1.0` is not a token count), so a
-wrong type is a 400 naming the field; ranges that depend on the model (tokens left in the
-context) are checked by the service once the prompt's length is known. Response models
-serialize to exactly the JSON OpenAI's clients expect; none of this imports the engine.
+Request types are strict (`"0.5"` is not a temperature, `1.5` is not a token count; `14.0`
+is, as JSON Schema's integer), and ranges, roles and the fields this server cannot honour
+are stated here, so the OpenAPI documents (made from these models) say exactly what is
+accepted, and anything else is a 400 naming the field (`serving.bodies.parse_body`). Limits
+that depend on the model (tokens left in the context) are checked by the service once the
+prompt's length is known. Response models serialize to exactly the JSON OpenAI's clients
+expect; none of this imports the engine.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
-_STRICT = ConfigDict(strict=True, extra="ignore")
+# JSON has no NaN or infinity: `NaN`, `Infinity` and 1e400 are refused, not turned into floats
+_STRICT = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
 # OpenAI's roles -> the chat template's
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+INT64 = 2**63  # seeds: what a torch.Generator takes
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit
 
 
 class TextPart(BaseModel):
@@ -30,7 +45,7 @@ class ChatMessage(BaseModel):
     """A chat message: `role` and `content` (a string, or a list of text parts)."""
 
     model_config = _STRICT
-    role: str
+    role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
 
     def text(self) -> str:
@@ -44,39 +59,141 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class TextFormat(BaseModel):
+    """`response_format`: plain text is the only format this server writes."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    type: Literal["text"]
+
+
+def _whole(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# JSON Schema's integer: 14.0 is one (as OpenAI takes it), 1.5 and "14" are not
+# (the bounds before the validator, or the JSON schema says `ge`, which JSON Schema has not)
+Int = Annotated[int, BeforeValidator(_whole)]
+Count = Annotated[int, Field(ge=1), BeforeValidator(_whole)]  # tokens to generate
+Seed = Annotated[int, Field(ge=-INT64, lt=INT64), BeforeValidator(_whole)]
+TopLogprobs = Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), BeforeValidator(_whole)]
+
+
+def _unsupported(message: str) -> PydanticCustomError:
+    """A field's value this server cannot honour: a 400 naming it (and what would do)."""
+    return PydanticCustomError("unsupported", message)
+
+
+Messages = Annotated[list[ChatMessage], Field(min_length=1)]
+
+
 class ChatCompletionRequest(BaseModel):
-    """`POST /v1/chat/completions` (the OpenAI schema; unknown fields are ignored)."""
+    """`POST /v1/chat/completions`: OpenAI's schema. Fields this server cannot honour are
+    refused (400 naming them) unless they ask for nothing (`tools: []`,
+    `response_format: {"type": "text"}`); unknown fields are ignored."""
 
     model_config = _STRICT
-    model: str | None = None
-    messages: list[ChatMessage]
-    temperature: float | None = Field(None, description="0 = greedy; default 1.0.")
-    top_p: float | None = Field(None, description="In (0, 1]; default 1.0.")
-    max_tokens: int | None = Field(None, description="Deprecated alias of max_completion_tokens.")
-    max_completion_tokens: int | None = Field(None, description="Default: the context left.")
-    n: int = 1
+    model: str | None = Field(
+        None, description="A deployment of the endpoint (see /v1/models), or the endpoint's "
+        "name to follow its traffic split; left out: the traffic split."
+    )  # fmt: skip
+    messages: Messages
+    temperature: float | None = Field(None, ge=0, description="0 = greedy; default 1.0.")
+    top_p: float | None = Field(None, gt=0, le=1, description="In (0, 1]; default 1.0.")
+    max_tokens: Count | None = Field(None, description="Deprecated: max_completion_tokens.")
+    max_completion_tokens: Count | None = Field(
+        None, description="Default: the context left after the prompt (more is a 400)."
+    )
+    n: Int = Field(1, ge=1, le=1, description="Choices per request: 1 only.")
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    logprobs: bool | None = Field(
+        None, description="Return the log probability of each answer token (the model's own "
+        "distribution, before temperature and top_p)."
+    )  # fmt: skip
+    top_logprobs: TopLogprobs | None = Field(
+        None, description="With logprobs: the most likely tokens at each position, and theirs."
+    )
+    response_format: TextFormat | None = Field(None, description='{"type": "text"} only.')
+    tools: list[dict[str, Any]] | None = Field(
+        None, max_length=0, description="Not supported: empty or left out."
+    )
+    tool_choice: Literal["none", "auto"] | None = Field(
+        None, description="No tools can be called: none, auto or left out."
+    )
+
+    @field_validator("response_format", mode="before")
+    @classmethod
+    def _text_only(cls, value: Any) -> Any:
+        if isinstance(value, dict) and value.get("type") != "text":
+            raise _unsupported(
+                f"type {value.get('type')!r} is not supported: this server answers in plain "
+                'text; leave response_format out or send {"type": "text"}'
+            )
+        return value
+
+    @field_validator("n", mode="before")
+    @classmethod
+    def _one_choice(cls, value: Any) -> Any:
+        if isinstance(value, int) and value != 1:
+            raise _unsupported(f"n={value} is not supported: one choice per request; set n to 1")
+        return value
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _no_tools(cls, value: Any) -> Any:
+        if isinstance(value, list) and value:
+            raise _unsupported("not supported: this server does not call tools; leave it out")
+        return value
+
+    @field_validator("tool_choice", mode="before")
+    @classmethod
+    def _no_tool_choice(cls, value: Any) -> Any:
+        if value not in (None, "none", "auto"):
+            raise _unsupported(
+                f"{value!r} is not supported: this server does not call tools; leave it out"
+            )
+        return value
 
 
 class ScoreParameters(BaseModel):
-    """The seed's `parameters` (Hugging Face generate names)."""
+    """The seed's `parameters` (Hugging Face generate names); any other is refused."""
 
-    model_config = _STRICT
-    temperature: float | None = None
-    top_p: float | None = None
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
     do_sample: bool | None = None
-    max_new_tokens: int | None = None
-    max_gen_len: int | None = Field(None, description="Alias of max_new_tokens.")
+    max_new_tokens: Count | None = None
+    max_gen_len: Count | None = Field(None, description="Alias of max_new_tokens.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known(cls, value: Any) -> Any:
+        unknown = [k for k in value if k not in cls.model_fields] if isinstance(value, dict) else []
+        if unknown:
+            raise _unsupported(
+                f"{', '.join(map(repr, unknown))} not supported; the parameters are "
+                f"{', '.join(cls.model_fields)}"
+            )
+        return value
+
+
+Conversation = Annotated[list[ChatMessage], Field(min_length=1)]
 
 
 class ScoreInput(BaseModel):
     model_config = _STRICT
     # a flat list of messages (one conversation) or a list of conversations
-    input_string: list[ChatMessage] | list[list[ChatMessage]]
+    input_string: Conversation | Annotated[list[Conversation], Field(min_length=1)]
     parameters: ScoreParameters = Field(default_factory=ScoreParameters)
+
+    @field_validator("input_string", mode="before")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        if value == []:  # else the union reports it once per branch
+            raise PydanticCustomError("too_short", "empty; send a conversation (messages)")
+        return value
 
 
 class ScoreRequest(BaseModel):
@@ -85,7 +202,21 @@ class ScoreRequest(BaseModel):
 
     model_config = _STRICT
     input_data: ScoreInput
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(
+        default_factory=dict, max_length=0,
+        description="MLflow's inference params: none are supported (generation parameters "
+        "go in input_data.parameters); empty or left out.",
+    )  # fmt: skip
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _no_params(cls, value: Any) -> Any:
+        if isinstance(value, dict) and value:
+            raise _unsupported(
+                f"{', '.join(map(repr, value))} not supported: generation parameters go in "
+                "input_data.parameters"
+            )
+        return value
 
 
 # -- responses -----------------------------------------------------------------------------------
@@ -114,9 +245,32 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    """A token and its log probability (`bytes`: its UTF-8 bytes, which may be part of a
+    character)."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    """One answer token: its log probability and the `top_logprobs` most likely tokens."""
+
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    """`choices[].logprobs` (OpenAI's shape): one entry per answer token, in order."""
+
+    content: list[TokenLogprob] | None
+    refusal: list[TokenLogprob] | None = None
+
+
 class Choice(BaseModel):
     index: int = 0
     message: AssistantMessage
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None
 
 
@@ -154,6 +308,7 @@ class Delta(_OmitsNone):
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None = None
 
 

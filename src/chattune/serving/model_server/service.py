@@ -29,6 +29,7 @@ from chattune.serving.lifetime import Deadline, stream_within, within
 from chattune.serving.model_server.chat import ChatPrompter
 from chattune.serving.model_server.checks import max_tokens, prompt_ids, sampling_params
 from chattune.serving.model_server.engine import Engine, Handle
+from chattune.serving.model_server.sampling import TokenLogprobs
 from chattune.serving.model_server.schemas import (
     AssistantMessage,
     ChatCompletion,
@@ -36,11 +37,14 @@ from chattune.serving.model_server.schemas import (
     ChatCompletionRequest,
     ChatMessage,
     Choice,
+    ChoiceLogprobs,
     ChunkChoice,
     Delta,
     ModelList,
     ScoreRequest,
     ScoreResponse,
+    TokenLogprob,
+    TopLogprob,
     Usage,
 )
 
@@ -71,6 +75,15 @@ class Call:
             InvalidRequest: the timeout header is not a whole number of milliseconds > 0.
         """
         return cls(request, Deadline.from_header(request), request.headers.get(ADAPTER_HEADER))
+
+
+@dataclass(frozen=True)
+class Ids:
+    """What names one chat completion in each of its chunks."""
+
+    id: str
+    created: int
+    model: str
 
 
 class ModelService:
@@ -173,8 +186,13 @@ class ModelService:
         """
         engine, prompter = self._ready()
         adapter = self._adapter(engine, call.adapter)
-        if body.n != 1:
-            raise InvalidRequest(f"n={body.n} is not supported; set n to 1.", param="n")
+        if body.top_logprobs is not None and not body.logprobs:
+            raise InvalidRequest(
+                f"top_logprobs={body.top_logprobs} needs logprobs: true.",
+                fix="set logprobs to true, or leave top_logprobs out.",
+                param="top_logprobs",
+            )
+        logprobs = (body.top_logprobs or 0) if body.logprobs else None
         ids = prompt_ids(prompter, engine, body.messages, "messages")
         if body.max_completion_tokens is not None:
             n = max_tokens(engine, ids, body.max_completion_tokens, "max_completion_tokens")
@@ -183,26 +201,49 @@ class ModelService:
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         temperature = 1.0 if body.temperature is None else body.temperature
         params = sampling_params(engine, temperature, body.top_p, n, "", do_sample=True,
-                                 seed=body.seed, stop=stop)  # fmt: skip
+                                 seed=body.seed, stop=stop, logprobs=logprobs)  # fmt: skip
         handle = engine.submit(ids, params, adapter)
+        # a LoRA deployment answers with its own name (the adapter's), not its process group's
+        name = self.served_name if call.adapter in (None, BASE_ADAPTER) else call.adapter
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
             usage = body.stream_options is not None and body.stream_options.include_usage
-            return self._events(handle, call.deadline, cid, created, usage)
+            return self._events(handle, call.deadline, Ids(cid, created, name), usage, logprobs)
         (text,) = await _collect([handle], call)
-        return ChatCompletion(
-            id=cid,
-            created=created,
-            model=self.served_name,
-            choices=[
-                Choice(message=AssistantMessage(content=text), finish_reason=handle.finish_reason)
-            ],
-            usage=_usage(handle),
+        choice = Choice(
+            message=AssistantMessage(content=text),
+            logprobs=self._logprobs(handle.logprobs, logprobs),
+            finish_reason=handle.finish_reason,
         )
+        return ChatCompletion(
+            id=cid, created=created, model=name, choices=[choice], usage=_usage(handle)
+        )
+
+    def _logprobs(self, records: list[TokenLogprobs], top: int | None) -> ChoiceLogprobs | None:
+        """OpenAI's `logprobs` of `records` (None when the request asked for none)."""
+        if top is None:
+            return None
+        assert self.engine is not None
+        tokenizer = self.engine.tokenizer
+
+        def entry(token: int, logprob: float) -> TopLogprob:
+            # each token decoded alone, as vLLM's OpenAI server does: a token that is part of
+            # a character decodes to U+FFFD, and its `bytes` are those of U+FFFD
+            text = tokenizer.decode([token])
+            return TopLogprob(token=text, logprob=logprob, bytes=list(text.encode("utf-8")))
+
+        content = [
+            TokenLogprob(
+                **entry(r.token, r.logprob).model_dump(),
+                top_logprobs=[entry(t, lp) for t, lp in r.top],
+            )
+            for r in records
+        ]
+        return ChoiceLogprobs(content=content)
 
     # -- answering -----------------------------------------------------------------------------
     async def _events(
-        self, handle: Handle, deadline: Deadline, cid: str, created: int, usage: bool
+        self, handle: Handle, deadline: Deadline, ids: Ids, usage: bool, top: int | None
     ) -> AsyncIterator[str]:
         """Server-sent events: a role chunk, content chunks, a finish chunk, [usage], [DONE].
 
@@ -211,20 +252,26 @@ class ModelService:
         closes this generator: the `finally` cancels the generation.
         """
 
-        def chunk(delta: Delta, finish: str | None = None) -> str:
-            choice = ChunkChoice(delta=delta, finish_reason=finish)
+        sent = 0  # logprobs sent so far: each chunk carries those of the tokens it adds
+
+        def chunk(delta: Delta, finish: str | None = None, upto: int | None = None) -> str:
+            nonlocal sent
+            upto = len(handle.logprobs) if upto is None else upto
+            logprobs = self._logprobs(handle.logprobs[sent:upto], top)
+            sent = upto
+            choice = ChunkChoice(delta=delta, logprobs=logprobs, finish_reason=finish)
             return ChatCompletionChunk(
-                id=cid, created=created, model=self.served_name, choices=[choice]
+                id=ids.id, created=ids.created, model=ids.model, choices=[choice]
             ).sse()
 
         try:
-            yield chunk(Delta(role="assistant", content=""))
+            yield chunk(Delta(role="assistant", content=""), upto=0)
             async for delta in stream_within(aiter(handle), deadline, _timed_out([handle])):
-                yield chunk(Delta(content=delta))
+                yield chunk(Delta(content=delta), upto=handle.logprobs_sent)
             yield chunk(Delta(), handle.finish_reason)
             if usage:
                 last = ChatCompletionChunk(
-                    id=cid, created=created, model=self.served_name, choices=[],
+                    id=ids.id, created=ids.created, model=ids.model, choices=[],
                     usage=_usage(handle),
                 )  # fmt: skip
                 yield last.sse()
