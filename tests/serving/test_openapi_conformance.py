@@ -23,6 +23,7 @@ import pytest
 from chattune.serving.gateway.app import create_gateway
 from chattune.serving.gateway.auth import key_digest
 from chattune.serving.gateway.config import DeploymentTarget, GatewayConfig
+from chattune.serving.keys import bearer
 from chattune.serving.model_server.app import create_app
 from tests.serving.conftest import ServerProc, start_model_server
 from tests.serving.gateway.harness import PRIMARY, Served
@@ -65,7 +66,7 @@ def stack(chatty_llama_dir, tmp_path_factory) -> Iterator[Stack]:
         server.wait_ready()
         target = DeploymentTarget(
             "tiny", instances=(server.url,), state="ready", request_timeout_ms=60_000,
-            max_concurrent_requests_per_instance=4,
+            max_concurrent_requests_per_instance=4, instance_key=server.key,
         )  # fmt: skip
         config = GatewayConfig(
             "ep", key_digests=(key_digest(PRIMARY),), traffic={"tiny": 100},
@@ -127,7 +128,7 @@ def test_the_documents_are_served(stack: Stack) -> None:
     gateway = httpx.get(f"{stack.gateway.url}/openapi.json", headers=AUTH).json()
     assert gateway["paths"] == GATEWAY_DOC["paths"]
     assert gateway["components"] == GATEWAY_DOC["components"]
-    assert httpx.get(f"{stack.model_server.url}/openapi.json").json() == MODEL_SERVER_DOC
+    assert stack.model_server.client.get("/openapi.json").json() == MODEL_SERVER_DOC
 
 
 @GATEWAY.parametrize()
@@ -137,4 +138,6 @@ def test_the_gateway_does_what_its_document_says(case: Any, stack: Stack) -> Non
 
 @MODEL_SERVER.parametrize()
 def test_the_model_server_does_what_its_document_says(case: Any, stack: Stack) -> None:
-    _call_and_validate(case, stack.model_server.url, "model server", {})
+    # the instance key, as the gateway sends it (the model server's own door)
+    ms = stack.model_server
+    _call_and_validate(case, ms.url, "model server", {"Authorization": bearer(ms.key)})

@@ -21,7 +21,7 @@ QUESTION = CONV[:2]
 
 @pytest.fixture(scope="module")
 def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.key, max_retries=0)
 
 
 @pytest.fixture(scope="module")
@@ -100,10 +100,10 @@ def test_what_asks_for_nothing_is_answered(client):
 
 def test_unknown_score_parameters_are_400(server):
     body = {"input_data": {"input_string": QUESTION, "parameters": {"top_k": 5}}}
-    r = httpx.post(f"{server.url}/score", json=body, timeout=30)
+    r = server.client.post("/score", json=body, timeout=30)
     assert r.status_code == 400 and "'top_k'" in r.json()["error"]["message"], r.text
     body = {"input_data": {"input_string": QUESTION}, "params": {"max_new_tokens": 5}}
-    r = httpx.post(f"{server.url}/score", json=body, timeout=30)
+    r = server.client.post("/score", json=body, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["param"] == "params", r.text
 
 
@@ -111,7 +111,9 @@ def test_unknown_score_parameters_are_400(server):
 @pytest.mark.parametrize("path", ["/score", "/v1/chat/completions"])
 def test_deep_bodies_are_400_naming_the_limit(server, path, depth):
     deep = ('{"input_data": ' + "[" * depth + "]" * depth + "}").encode()
-    with httpx.Client(base_url=server.url, timeout=30) as http:  # one kept-alive connection
+    with httpx.Client(
+        base_url=server.url, timeout=30, headers=server.client.headers
+    ) as http:  # one kept-alive connection
         r = http.post(path, content=deep, headers={"content-type": "application/json"})
         assert r.status_code == 400, r.text
         assert "the limit is 64" in r.json()["error"]["message"]
@@ -129,8 +131,8 @@ def test_a_tiny_temperature_samples_the_most_likely_token(client):
 
 def test_an_adapter_answers_with_its_own_name(server):
     body = {"messages": QUESTION, "max_tokens": 2}
-    r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30,
+    r = server.client.post("/v1/chat/completions", json=body, timeout=30,
                    headers={"x-chattune-adapter": "a1"})  # fmt: skip
     assert r.status_code == 200 and r.json()["model"] == "a1"
-    r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30)
+    r = server.client.post("/v1/chat/completions", json=body, timeout=30)
     assert r.json()["model"] == "tiny"
