@@ -102,7 +102,7 @@ def test_the_gateway_sends_the_instance_key_and_never_the_clients(fresh, serve) 
     instance_key = "ik-" + secrets.token_urlsafe(24)
     gw = serve(config_for(fresh, settings={"blue": {"instance_key": instance_key}}))
     assert gw.post().status_code == 200
-    stream = with_fake(chunks=2)
+    stream = {"messages": HI, "stream": True, "fake": {"chunks": 2}}
     assert gw.post("/v1/chat/completions", json=stream).status_code == 200
     seen = fresh["blue"].stats()["headers"]
     assert [h["authorization"] for h in seen] == [f"Bearer {instance_key}"] * 2
