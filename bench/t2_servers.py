@@ -321,7 +321,7 @@ def chattune_deployment(home: ChattuneHome, work: Path, max_concurrency: int) ->
     """
     from chattune.serving import service
     from chattune.serving.deployments import DeploymentSettings, ProbeSettings, list_instances
-    from chattune.serving.endpoints import get_endpoint
+    from chattune.serving.endpoints import get_endpoint, get_keys
     from chattune.workspace import Workspace
     from chattune.workspace.processes import pid_alive
 
@@ -347,7 +347,7 @@ def chattune_deployment(home: ChattuneHome, work: Path, max_concurrency: int) ->
             f"http://127.0.0.1:{ep.port}/v1/chat/completions",
             "openai",
             stream=True,
-            headers={"Authorization": f"Bearer {ep.primary_key}"},
+            headers={"Authorization": f"Bearer {get_keys(ws, ENDPOINT).primary_key}"},
             startup_s=time.perf_counter() - t0,
             pids=pids,
             settings={

@@ -211,7 +211,8 @@ def test_model_register_show_list_delete(workspace, ft_job, capsys) -> None:
 
     with workspace.write() as conn:
         conn.execute(
-            "INSERT INTO endpoints(name, primary_key, secondary_key, created_at, updated_at)"
+            "INSERT INTO endpoints(name, primary_key_hash, secondary_key_hash, created_at,"
+            " updated_at)"
             " VALUES ('chat-ep', 'k1', 'k2', 0, 0)"
         )
         conn.execute(

@@ -17,12 +17,12 @@ JOB = "ft-job-1"
 
 
 def deploy(ws: Workspace, endpoint: str, deployment: str, model: str, version: str) -> None:
-    """Rows as the endpoint service writes them (schema v3)."""
+    """Rows as the endpoint service writes them (schema v5; the clear keys of an older one)."""
     now = time.time()
     with ws.write() as conn:
         conn.execute(
-            "INSERT OR IGNORE INTO endpoints(name, primary_key, secondary_key, created_at,"
-            " updated_at) VALUES (?, 'k1', 'k2', ?, ?)",
+            "INSERT OR IGNORE INTO endpoints(name, primary_key_hash, secondary_key_hash,"
+            " created_at, updated_at) VALUES (?, 'k1', 'k2', ?, ?)",
             (endpoint, now, now),
         )
         conn.execute(

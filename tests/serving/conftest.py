@@ -1,4 +1,5 @@
-"""Shared serving fixtures: a model server subprocess on a free port that is always stopped.
+"""Shared serving fixtures: a model server subprocess on a free port that is always stopped,
+with its key (`client` sends it).
 The tiny models that say varied things and their LoRA adapters (`chatty_llama_dir`,
 `llama_adapters`) are session fixtures of tests/conftest.py."""
 
@@ -17,6 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from chattune.serving.keys import INSTANCE_KEY_ENV, bearer, new_key
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -29,11 +32,16 @@ def free_port() -> int:
 
 @dataclass
 class ServerProc:
-    """A running model server: `url`, its `proc` and the file its output goes to."""
+    """A running model server: `url`, its `proc`, the file its output goes to, its `key`,
+    and `client`, an httpx client on `url` that sends the key."""
 
     url: str
     proc: subprocess.Popen
     log_path: Path
+    key: str
+
+    def __post_init__(self) -> None:
+        self.client = httpx.Client(base_url=self.url, headers={"Authorization": bearer(self.key)})
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -52,6 +60,7 @@ class ServerProc:
         raise AssertionError(f"model server not ready in {timeout}s:\n{self.log()}")
 
     def stop(self) -> None:
+        self.client.close()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -62,18 +71,19 @@ class ServerProc:
 
 
 def start_model_server(model_dir: Path, log_path: Path, *extra: str) -> ServerProc:
-    """Start `python -m chattune.serving.model_server` on a free port (not waiting)."""
-    port = free_port()
+    """Start `python -m chattune.serving.model_server` on a free port (not waiting), with a
+    fresh key in its environment, as the supervisor starts it."""
+    port, key = free_port(), new_key()
     cmd = [
         sys.executable, "-m", "chattune.serving.model_server",
         "--model-dir", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
         "--served-name", "tiny", *extra,
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), INSTANCE_KEY_ENV: key}
     f = log_path.open("wb")
     proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     f.close()
-    return ServerProc(f"http://127.0.0.1:{port}", proc, log_path)
+    return ServerProc(f"http://127.0.0.1:{port}", proc, log_path, key)
 
 
 @pytest.fixture

@@ -101,10 +101,11 @@ def _dep(ws, name: str, endpoint: str = "ep-one") -> float:
 
 def test_create_endpoint_keys_and_uris(workspace) -> None:
     ep = _ep(workspace)
-    assert ep.primary_key != ep.secondary_key and len(ep.primary_key) >= 40
+    keys = E.get_keys(workspace, "ep-one")
+    assert keys.primary_key != keys.secondary_key and len(keys.primary_key) >= 40
     assert ep.scoring_uri == "http://127.0.0.1:12345/score"
     assert ep.openapi_uri == "http://127.0.0.1:12345/swagger.json"
-    assert "primary_key" not in ep.to_dict() and ep.to_dict(keys=True)["primary_key"]
+    assert not any("key" in field for field in ep.to_dict())
     with pytest.raises(EndpointError, match="already exists"):
         _ep(workspace)
     for mode in ("aml_token", "aad_token"):
@@ -119,9 +120,9 @@ def test_every_change_bumps_the_stamp(workspace) -> None:
     ep = _ep(workspace)
     stamps = [ep.updated_at, _dep(workspace, "blue"), _dep(workspace, "green")]
     stamps.append(E.update_traffic(workspace, "ep-one", {"blue": 100}, {"green": 20}))
-    old_key = E.get_endpoint(workspace, "ep-one").secondary_key
+    old_key = E.get_keys(workspace, "ep-one").secondary_key
     stamps.append(E.regenerate_key(workspace, "ep-one", "secondary"))
-    assert E.get_endpoint(workspace, "ep-one").secondary_key != old_key
+    assert E.get_keys(workspace, "ep-one").secondary_key != old_key
     stamps.append(E.set_endpoint_fields(workspace, "ep-one", bump=False, state="running"))
     assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps) - 1
 

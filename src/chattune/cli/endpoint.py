@@ -22,6 +22,7 @@ from chattune.cli.common import (
     print_json,
 )
 from chattune.errors import EndpointError
+from chattune.serving import endpoints as endpoint_rows
 from chattune.serving import service
 from chattune.serving.deployments import list_deployments
 from chattune.serving.endpoints import Endpoint, get_endpoint, list_endpoints, parse_weights
@@ -149,12 +150,13 @@ def show(name: NameArg, workspace: WorkspaceOpt = None, as_json: JsonOpt = False
 
 @app.command("get-keys")
 def get_keys(name: NameArg, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
-    """Print the primary and secondary keys."""
-    ep = get_endpoint(open_workspace(workspace), name)
+    """Print the primary and secondary keys (kept in clear only in the workspace's owner-only
+    secrets/ folder; the database holds their digests)."""
+    keys = endpoint_rows.get_keys(open_workspace(workspace), name)
     if as_json:
-        print_json({"primary_key": ep.primary_key, "secondary_key": ep.secondary_key})
+        print_json({"primary_key": keys.primary_key, "secondary_key": keys.secondary_key})
         return
-    print(f"primary_key: {ep.primary_key}\nsecondary_key: {ep.secondary_key}")
+    print(f"primary_key: {keys.primary_key}\nsecondary_key: {keys.secondary_key}")
 
 
 @app.command("regenerate-keys")

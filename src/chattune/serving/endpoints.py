@@ -1,6 +1,9 @@
 """Online endpoints as rows of the workspace database, and their rules (names, traffic,
 mirror traffic, keys). Deployments and instances are in `serving/deployments.py`.
 
+Keys: a row holds the digests of its two keys; the clear keys live in the endpoint's
+owner-only keys file (`serving/keys.py`), written in the transaction that stores the digests.
+
 The supervisor (`serving/control/supervisor.py`) makes the processes follow these rows. Every change
 to an endpoint or one of its deployments bumps the endpoint's `updated_at` stamp (strictly
 increasing): the supervisor writes back the stamp it has applied, which is how the CLI knows
@@ -11,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import sqlite3
 import time
 from dataclasses import asdict, dataclass
@@ -19,7 +21,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from chattune.errors import EndpointError, EndpointNotFound
+from chattune.serving import keys as K
 from chattune.workspace import Workspace
+from chattune.workspace.db import scrub
 
 NAME_RE = re.compile(r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
 NAME_RULE = (
@@ -29,17 +33,19 @@ NAME_RULE = (
 AUTH_MODES = ("key",)
 MAX_MIRROR_PERCENT = 50  # Azure: mirror traffic sums to 50 at most
 KeyType = Literal["primary", "secondary"]
+KEY_TYPES: tuple[KeyType, ...] = ("primary", "secondary")
 
 
 @dataclass
 class Endpoint:
-    """One online endpoint row."""
+    """One online endpoint row. Its keys are only digests (`sha256:<hex>`): `get_keys`
+    reads the clear keys."""
 
     name: str
     description: str
     auth_mode: str
-    primary_key: str
-    secondary_key: str
+    primary_key_hash: str
+    secondary_key_hash: str
     traffic: dict[str, int]
     mirror_traffic: dict[str, int]
     tags: dict[str, str]
@@ -58,12 +64,15 @@ class Endpoint:
     def openapi_uri(self) -> str:
         return f"http://127.0.0.1:{self.port}/swagger.json"
 
-    def to_dict(self, keys: bool = False) -> dict[str, Any]:
-        """The endpoint as JSON; keys are left out unless asked for."""
+    def key_digests(self) -> dict[str, str]:
+        """Key type -> the digest the gateway accepts."""
+        return {"primary": self.primary_key_hash, "secondary": self.secondary_key_hash}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The endpoint as JSON (without its key digests)."""
         d = asdict(self)
-        if not keys:
-            d.pop("primary_key")
-            d.pop("secondary_key")
+        d.pop("primary_key_hash")
+        d.pop("secondary_key_hash")
         d["scoring_uri"] = self.scoring_uri
         d["openapi_uri"] = self.openapi_uri
         return d
@@ -160,7 +169,7 @@ def endpoint_dir(ws: Workspace, name: str) -> Path:
     return ws.root / "endpoints" / name
 
 
-def _endpoint(row: sqlite3.Row) -> Endpoint:
+def _endpoint(row: dict[str, Any]) -> Endpoint:
     d = dict(row)
     for k in ("traffic", "mirror_traffic", "tags"):
         d[k] = json.loads(d[k])
@@ -201,6 +210,7 @@ def create_endpoint(
             fix="use --auth-mode key (the seed's choice).",
         )
     now = time.time()
+    keys = {kind: K.new_key() for kind in KEY_TYPES}
     with ws.write() as conn:
         if conn.execute("SELECT 1 FROM endpoints WHERE name = ?", (name,)).fetchone():
             raise EndpointError(
@@ -208,14 +218,15 @@ def create_endpoint(
                 fix=f"pick another name, or delete it first: chattune endpoint delete {name}",
             )
         conn.execute(
-            "INSERT INTO endpoints(name, description, auth_mode, primary_key, secondary_key,"
-            " tags, port, state, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO endpoints(name, description, auth_mode, primary_key_hash,"
+            " secondary_key_hash, tags, port, state, created_at, updated_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?)",
             (
                 name,
                 description,
                 auth_mode,
-                secrets.token_urlsafe(32),
-                secrets.token_urlsafe(32),
+                K.stored_digest(keys["primary"]),
+                K.stored_digest(keys["secondary"]),
                 json.dumps(tags or {}),
                 port,
                 "creating",
@@ -223,6 +234,7 @@ def create_endpoint(
                 now,
             ),
         )
+        K.keep_keys(ws, name, keys)
     return get_endpoint(ws, name)
 
 
@@ -232,8 +244,8 @@ def get_endpoint(ws: Workspace, name: str) -> Endpoint:
     Raises:
         EndpointNotFound: no such endpoint; the message lists the existing ones.
     """
-    row = ws.db().execute("SELECT * FROM endpoints WHERE name = ?", (name,)).fetchone()
-    if row is None:
+    rows = _rows(ws, "SELECT * FROM endpoints WHERE name = ?", (name,))
+    if not rows:
         known = [e.name for e in list_endpoints(ws)]
         raise EndpointNotFound(
             f"no endpoint named {name!r}.",
@@ -241,13 +253,56 @@ def get_endpoint(ws: Workspace, name: str) -> Endpoint:
             if known
             else f"create it: chattune endpoint create {name}",
         )
-    return _endpoint(row)
+    return _endpoint(rows[0])
 
 
 def list_endpoints(ws: Workspace) -> list[Endpoint]:
     """Every endpoint of the workspace, oldest first."""
-    rows = ws.db().execute("SELECT * FROM endpoints ORDER BY created_at")
-    return [_endpoint(r) for r in rows]
+    return [_endpoint(r) for r in _rows(ws, "SELECT * FROM endpoints ORDER BY created_at")]
+
+
+def _rows(ws: Workspace, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    """Endpoint rows as dicts; a clear key an older chattune stored is moved out of the
+    database first (`_move_clear_keys`)."""
+    rows = [dict(r) for r in ws.db().execute(sql, args)]
+    if all(K.is_stored_digest(r[f"{kind}_key_hash"]) for r in rows for kind in KEY_TYPES):
+        return rows
+    if not ws.db().in_transaction:
+        _move_clear_keys(ws)
+        return [dict(r) for r in ws.db().execute(sql, args)]
+    # inside the caller's transaction the database is left for the next read to fix; the
+    # rows read now carry digests all the same
+    for row in rows:
+        clear = _clear_keys(row)
+        K.keep_keys(ws, row["name"], clear)
+        row.update({f"{k}_key_hash": K.stored_digest(v) for k, v in clear.items()})
+    return rows
+
+
+def _clear_keys(row: Any) -> dict[str, str]:
+    """Key type -> clear key, for the key columns of `row` that hold no digest."""
+    return {
+        kind: row[f"{kind}_key_hash"]
+        for kind in KEY_TYPES
+        if not K.is_stored_digest(row[f"{kind}_key_hash"])
+    }
+
+
+def _move_clear_keys(ws: Workspace) -> None:
+    """Upgrade an older workspace, whose rows hold clear keys: each key goes to the
+    endpoint's keys file and its digest to the row; then the database is scrubbed, so the
+    clear keys leave its file and its WAL."""
+    with ws.write() as conn:  # read again under the write lock: another process may have won
+        for row in conn.execute("SELECT * FROM endpoints").fetchall():
+            clear = _clear_keys(row)
+            if clear:
+                K.keep_keys(ws, row["name"], clear)
+                digests = {f"{k}_key_hash": K.stored_digest(v) for k, v in clear.items()}
+                sets = ", ".join(f"{k} = ?" for k in digests)
+                conn.execute(
+                    f"UPDATE endpoints SET {sets} WHERE name = ?", (*digests.values(), row["name"])
+                )
+    scrub(ws.db())
 
 
 def set_endpoint_fields(ws: Workspace, name: str, *, bump: bool = True, **columns: Any) -> float:
@@ -300,18 +355,43 @@ def update_traffic(
 
 
 def regenerate_key(ws: Workspace, name: str, key_type: str) -> float:
-    """Replace the primary or secondary key of `name`; returns the new stamp.
+    """Replace the primary or secondary key of `name`; returns the new stamp. The database
+    gets the new key's digest, the endpoint's keys file the clear key.
 
     Raises:
         EndpointError: key_type is neither `primary` nor `secondary`.
     """
-    if key_type not in ("primary", "secondary"):
+    if key_type not in KEY_TYPES:
         raise EndpointError(
             f"key type {key_type!r} is not known.", fix="use --key-type primary or secondary."
         )
     get_endpoint(ws, name)
+    key = K.new_key()
     with ws.write() as conn:
-        return touch(conn, name, **{f"{key_type}_key": secrets.token_urlsafe(32)})
+        stamp = touch(conn, name, **{f"{key_type}_key_hash": K.stored_digest(key)})
+        K.keep_keys(ws, name, {key_type: key})
+    return stamp
+
+
+def get_keys(ws: Workspace, name: str) -> K.EndpointKeys:
+    """The clear primary and secondary keys of endpoint `name`.
+
+    Raises:
+        EndpointNotFound: no such endpoint.
+        EndpointError: a key is not kept in clear (the fix regenerates it).
+    """
+    kept = K.kept_keys(ws, name, get_endpoint(ws, name).key_digests())
+    return K.EndpointKeys(primary_key=kept["primary"], secondary_key=kept["secondary"])
+
+
+def get_key(ws: Workspace, name: str, key_type: KeyType = "primary") -> str:
+    """One clear key of endpoint `name` (what `invoke` sends).
+
+    Raises:
+        EndpointNotFound, EndpointError: as `get_keys`, for that key alone.
+    """
+    digest = get_endpoint(ws, name).key_digests()[key_type]
+    return K.kept_keys(ws, name, {key_type: digest})[key_type]
 
 
 def delete_endpoint_rows(ws: Workspace, name: str) -> None:
@@ -321,3 +401,4 @@ def delete_endpoint_rows(ws: Workspace, name: str) -> None:
         conn.execute("DELETE FROM instances WHERE endpoint = ?", (name,))
         conn.execute("DELETE FROM deployments WHERE endpoint = ?", (name,))
         conn.execute("DELETE FROM endpoints WHERE name = ?", (name,))
+        K.forget_keys(ws, name)

@@ -9,3 +9,8 @@ TIMEOUT_HEADER = "x-chattune-timeout-ms"
 ADAPTER_HEADER = "x-chattune-adapter"
 # Gateway -> model server and back to the client: one id per request, in both logs.
 REQUEST_ID_HEADER = "x-request-id"
+# Gateway -> model server: `Bearer <instance key>` (`serving/keys.py`), which every instance
+# demands on all routes but its probes. Bearer is OpenAI's scheme, so an OpenAI-compatible
+# engine (vLLM's `--api-key`) checks the same header. The client's own Authorization (its
+# endpoint key) is never passed up.
+INSTANCE_AUTH_HEADER = "authorization"

@@ -276,10 +276,11 @@ def invoke(
 
     Raises:
         EndpointNotFound: no such endpoint.
-        EndpointError: the endpoint did not answer.
+        EndpointError: the endpoint did not answer, or its primary key is not kept in clear.
     """
     ep = get_endpoint(ws, endpoint)
-    headers = {"Authorization": f"Bearer {ep.primary_key}", "Content-Type": "application/json"}
+    key = endpoint_rows.get_key(ws, endpoint, "primary")
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     if deployment:
         headers[DEPLOYMENT_HEADER] = deployment
     try:

@@ -2,7 +2,8 @@
 
 WAL lets readers run while one writer writes; `busy_timeout` makes a second writer wait
 instead of failing with "database is locked"; every write runs in `BEGIN IMMEDIATE` so two
-processes never interleave a read-modify-write.
+processes never interleave a read-modify-write. The database is created 0600, so its `-wal`
+and `-shm` files (SQLite gives them the database's mode) are private too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from chattune.errors import WorkspaceError
 from chattune.workspace.locks import file_lock
+from chattune.workspace.permissions import create_private_file
 
 # Each entry upgrades the schema from version i to i + 1 (statements split on ";", so no
 # ";" inside comments or strings). Append, never edit: a
@@ -113,6 +115,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE models ADD COLUMN lineage TEXT NOT NULL DEFAULT '{}';
     ALTER TABLE models ADD COLUMN asset_type TEXT NOT NULL DEFAULT 'custom_model'
     """,
+    # v5: endpoint keys are kept as digests ('sha256:<hex>'), never in clear; the clear keys
+    # of older rows move to the owner-only keys file on first read (serving/endpoints.py)
+    """
+    ALTER TABLE endpoints RENAME COLUMN primary_key TO primary_key_hash;
+    ALTER TABLE endpoints RENAME COLUMN secondary_key TO secondary_key_hash
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 BUSY_TIMEOUT_MS = 30_000
@@ -124,6 +132,7 @@ def connect(path: Path) -> sqlite3.Connection:
     Raises:
         WorkspaceError: the database was written by a newer chattune, or is not SQLite.
     """
+    create_private_file(path)  # an empty file is an empty database; SQLite keeps its mode
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     conn.row_factory = sqlite3.Row
     try:
@@ -177,6 +186,15 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         conn.execute(
             "INSERT OR IGNORE INTO meta(key, value) VALUES ('created_at', ?)", (str(time.time()),)
         )
+
+
+def scrub(conn: sqlite3.Connection) -> None:
+    """Leave no copy of overwritten or deleted rows on disk: VACUUM rewrites the database
+    without its free space, and a TRUNCATE checkpoint copies the WAL back and empties it
+    (its old frames would keep every former version of a page). It waits for other
+    connections' readers; call it outside a transaction, after removing a secret."""
+    conn.execute("VACUUM")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 @contextmanager

@@ -10,11 +10,21 @@ from pathlib import Path
 from typing import Any
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace `path`'s content with `text` (UTF-8) in one step."""
+def write_atomic(path: Path, text: str, *, mode: int | None = None) -> None:
+    """Replace `path`'s content with `text` (UTF-8) in one step.
+
+    `mode` (e.g. 0o600 for a secret): the file has it from its first byte on, never the
+    umask's default for a moment."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        if mode is None:
+            tmp.write_text(text, encoding="utf-8")
+        else:
+            tmp.unlink(missing_ok=True)  # a crashed run's leftover would keep its own mode
+            with os.fdopen(
+                os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w", encoding="utf-8"
+            ) as f:
+                f.write(text)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

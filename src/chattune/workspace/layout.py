@@ -3,7 +3,8 @@
 ```
 <root>/
   workspace.json      layout version, creation time
-  chattune.db         metadata: models, computes (SQLite, WAL)
+  chattune.db         metadata: models, computes (SQLite, WAL), 0600
+  secrets/            owner-only key files (0700, files 0600); see `permissions.py`
   models/<name>/<version>/   imported checkpoints (safetensors + tokenizer)
   datasets/           downloaded and converted data
   jobs/               job folders (logs, checkpoints, outputs)
@@ -12,6 +13,8 @@
   mlflow/             MLflow tracking store (mlflow.db) and its artifacts
   locks/              flock files
 ```
+
+The root is 0700: only its owner may read the workspace (`permissions.py`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 from chattune import __version__
 from chattune.errors import WorkspaceError
 from chattune.workspace import db
+from chattune.workspace.permissions import PRIVATE_DIR, SECRETS_DIR, tighten
 
 LAYOUT_VERSION = 1
 _SUBDIRS = ("models", "datasets", "jobs", "artifacts", "mlflow", "locks", "cache")
@@ -68,6 +72,7 @@ class Workspace:
             )
         ws = cls(root)
         ws._ensure_layout()
+        tighten(ws.root, ws.db_path.name)  # an older chattune's 0755/0644: made private
         ws.db()  # create and migrate the metadata database now, not halfway through a command
         return ws
 
@@ -99,6 +104,11 @@ class Workspace:
     @property
     def mlflow_dir(self) -> Path:
         return self.root / "mlflow"
+
+    @property
+    def secrets_dir(self) -> Path:
+        """Owner-only key files (0700; each file 0600)."""
+        return self.root / SECRETS_DIR
 
     def lock_path(self, name: str) -> Path:
         return self.root / "locks" / f"{name}.lock"
@@ -132,9 +142,10 @@ class Workspace:
 
     # -- layout ----------------------------------------------------------------------------
     def _ensure_layout(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
         for sub in _SUBDIRS:
             (self.root / sub).mkdir(exist_ok=True)
+        self.secrets_dir.mkdir(exist_ok=True, mode=PRIVATE_DIR)
         if not self.manifest_path.exists():
             manifest = {
                 "layout_version": LAYOUT_VERSION,

@@ -14,10 +14,15 @@ from chattune.serving.control.engines import (
     Launch,
 )
 from chattune.serving.gateway.app import router as gateway_router
+from chattune.serving.keys import INSTANCE_KEY_ENV
 from chattune.serving.model_server import cli
 from chattune.serving.model_server.app import create_app
+from chattune.serving.model_server.auth import PROBE_PATHS
 
-LAUNCH = Launch("/m", (("a1", "/a1"), ("a2", "/a2")), "blue", 4321, 99, torch_threads=2)
+KEY = "k-" + "x" * 41
+LAUNCH = Launch(
+    "/m", (("a1", "/a1"), ("a2", "/a2")), "blue", 4321, 99, torch_threads=2, instance_key=KEY
+)
 
 
 def test_builtin_command_is_the_model_server_command_line(monkeypatch) -> None:
@@ -52,3 +57,16 @@ def test_gateway_forwards_the_declared_paths_and_the_server_answers_them() -> No
     assert forwarded == set(engine.forwarded_paths)
     server_paths = set(create_app(served_name="x").openapi()["paths"])
     assert {*engine.forwarded_paths, engine.liveness_path, engine.readiness_path} <= server_paths
+
+
+def test_the_instance_key_goes_in_the_environment_never_on_the_command_line() -> None:
+    engine: InstanceEngine = BuiltinModelServer()
+    assert engine.env(LAUNCH)[INSTANCE_KEY_ENV] == KEY
+    assert not any(KEY in part for part in engine.command(LAUNCH))  # `ps` shows it to all
+    assert KEY not in repr(LAUNCH)
+
+
+def test_the_probes_the_supervisor_sends_need_no_key() -> None:
+    engine = BuiltinModelServer()
+    assert {engine.liveness_path, engine.readiness_path} <= PROBE_PATHS
+    assert not set(engine.forwarded_paths) & PROBE_PATHS

@@ -18,6 +18,7 @@ from chattune.serving import endpoints as E
 from chattune.serving import service
 from chattune.serving.control import lifecycle as control
 from chattune.serving.control.instances import port_free
+from chattune.workspace import Workspace
 from tests.serving.control.supervised import FAST, fake_model, processes_under, serving_ws, wait_for
 
 __all__ = ["fake_model", "serving_ws"]  # fixtures
@@ -49,10 +50,12 @@ def send_traffic(ws, endpoint: str, traffic: dict[str, int]) -> None:
 
 
 def score(ep: E.Endpoint, key: str | None = None) -> httpx.Response:
+    """POST the scoring URI with `key` (default: the endpoint's primary key)."""
+    key = key or E.get_keys(Workspace.open(), ep.name).primary_key
     return httpx.post(
         ep.scoring_uri,
         json={"input_data": {"input_string": [{"role": "user", "content": "hi"}]}},
-        headers={"Authorization": f"Bearer {key or ep.primary_key}"},
+        headers={"Authorization": f"Bearer {key}"},
         timeout=30,
         trust_env=False,
     )
@@ -70,12 +73,12 @@ def test_changes_are_live_on_return_and_delete_frees_everything(
     r = score(ep)
     assert r.status_code == 200 and r.json()["output"].startswith("blue on")
 
-    old = ep.primary_key
+    old = E.get_keys(ws, "live-ep").primary_key
     assert control.apply(ws, "live-ep", E.regenerate_key(ws, "live-ep", "primary"))
     ep = E.get_endpoint(ws, "live-ep")
     assert score(ep, old).status_code == 401  # the very next request
     assert score(ep).status_code == 200
-    assert score(ep, ep.secondary_key).status_code == 200
+    assert score(ep, E.get_keys(ws, "live-ep").secondary_key).status_code == 200
 
     pids = processes_under(str(tmp_path))
     assert len(pids) == 2  # the supervisor (with its gateway) and one instance
@@ -196,6 +199,7 @@ def test_up_restores_endpoints_after_every_process_died(
 ) -> None:
     ws = serving_ws
     ep = service.create_endpoint(ws, "up-ep")
+    keys = E.get_keys(ws, "up-ep")
     deploy(ws, "up-ep", "blue", fake_model(), count=2)
     send_traffic(ws, "up-ep", {"blue": 100})
     for pid in processes_under(str(tmp_path)):  # a machine restart: everything dies at once
@@ -207,11 +211,7 @@ def test_up_restores_endpoints_after_every_process_died(
     started = control.bring_up(ws)
     assert [e.name for e in started] == ["up-ep"]
     again = E.get_endpoint(ws, "up-ep")
-    assert (again.port, again.primary_key, again.secondary_key) == (
-        ep.port,
-        ep.primary_key,
-        ep.secondary_key,
-    )
+    assert again.port == ep.port and E.get_keys(ws, "up-ep") == keys
     assert again.traffic == {"blue": 100} and again.state == "running"
     dep = D.get_deployment(ws, "up-ep", "blue")
     assert dep.state == "ready" and [i.state for i in dep.instances] == ["ready", "ready"]

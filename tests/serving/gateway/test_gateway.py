@@ -179,6 +179,17 @@ def test_auth_matrix_and_key_regeneration(fresh, serve, caplog) -> None:
         assert key not in caplog.text
 
 
+def test_the_gateway_sends_the_instance_key_and_never_the_clients(fresh, serve) -> None:
+    instance_key = "ik-" + secrets.token_urlsafe(24)
+    gw = serve(config_for(fresh, settings={"blue": {"instance_key": instance_key}}))
+    assert gw.post().status_code == 200
+    stream = with_fake(chunks=2)
+    assert gw.post("/v1/chat/completions", json=stream).status_code == 200
+    seen = fresh["blue"].stats()["headers"]
+    assert [h["authorization"] for h in seen] == [f"Bearer {instance_key}"] * 2
+    assert instance_key not in repr(gw.gateway.config)
+
+
 def test_openapi_describes_the_forwarded_routes(fresh, serve) -> None:
     gw = serve(config_for(fresh))
     doc = gw.get("/openapi.json").json()

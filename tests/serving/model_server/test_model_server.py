@@ -46,8 +46,8 @@ def server(chatty_llama_dir, llama_adapters, tmp_path_factory) -> ServerProc:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and srv.proc.poll() is None:
             try:
-                ready = httpx.get(f"{srv.url}/ready", timeout=2).status_code
-                health = httpx.get(f"{srv.url}/health", timeout=2).status_code
+                ready = srv.client.get("/ready", timeout=2).status_code
+                health = srv.client.get("/health", timeout=2).status_code
             except httpx.TransportError:
                 time.sleep(0.05)
                 continue
@@ -81,13 +81,13 @@ def reference(chatty_llama_dir):
 
 
 def _stats(srv: ServerProc) -> dict:
-    return httpx.get(f"{srv.url}/stats").json()["engine"]
+    return srv.client.get("/stats").json()["engine"]
 
 
 def test_ready_goes_from_503_to_200_while_health_is_200(server):
     assert server.seen[0] == (503, 200)
     assert server.seen[-1] == (200, 200)
-    assert httpx.get(f"{server.url}/v1/models").json()["data"][0]["id"] == "tiny"
+    assert server.client.get("/v1/models").json()["data"][0]["id"] == "tiny"
 
 
 def test_score_answers_the_seeds_request(server, reference):
@@ -100,24 +100,24 @@ def test_score_answers_the_seeds_request(server, reference):
         },
         "params": {},
     }  # fmt: skip
-    r = httpx.post(f"{server.url}/score", json=body, timeout=60)
+    r = server.client.post("/score", json=body, timeout=60)
     assert r.status_code == 200, r.text
     assert isinstance(r.json()["output"], str)
 
     greedy = {"max_gen_len": 16, "do_sample": False}
     flat = {"input_data": {"input_string": question, "parameters": greedy}}
-    r = httpx.post(f"{server.url}/score", json=flat, timeout=60)
+    r = server.client.post("/score", json=flat, timeout=60)
     assert r.json() == {"output": reference(question, 16)[0]}
 
     two = {"input_data": {"input_string": [question, CONV[:2]], "parameters": greedy}}
-    r = httpx.post(f"{server.url}/score", json=two, timeout=60)
+    r = server.client.post("/score", json=two, timeout=60)
     assert r.json() == {"output": [reference(question, 16)[0], reference(CONV[:2], 16)[0]]}
 
 
 def test_openai_client_plain_and_streaming(server, reference):
     import openai
 
-    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.key, max_retries=0)
     text, n_prompt, n_out = reference(CONV[:2], 12)
     resp = client.chat.completions.create(
         model="tiny", messages=CONV[:2], temperature=0, max_completion_tokens=12
@@ -169,7 +169,7 @@ def test_openai_client_plain_and_streaming(server, reference):
 )  # fmt: skip
 def test_bad_chat_requests_are_400_naming_the_field(server, body, field):
     kw = {"content": body} if isinstance(body, bytes) else {"json": body}
-    r = httpx.post(f"{server.url}/v1/chat/completions", timeout=30, **kw)
+    r = server.client.post("/v1/chat/completions", timeout=30, **kw)
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert err["code"] == 400 and field in err["message"], err
@@ -187,18 +187,18 @@ def test_bad_chat_requests_are_400_naming_the_field(server, body, field):
 )
 def test_bad_score_requests_are_400(server, params, field):
     body = {"input_data": {"input_string": CONV[:2], "parameters": params}, "params": {}}
-    r = httpx.post(f"{server.url}/score", json=body, timeout=30)
+    r = server.client.post("/score", json=body, timeout=30)
     assert r.status_code == 400 and field in r.json()["error"]["message"], r.text
-    r = httpx.post(f"{server.url}/score", json={"input_data": {"input_string": []}}, timeout=30)
+    r = server.client.post("/score", json={"input_data": {"input_string": []}}, timeout=30)
     assert r.status_code == 400 and "empty" in r.json()["error"]["message"]
-    r = httpx.post(f"{server.url}/score", json={"input_string": CONV}, timeout=30)
+    r = server.client.post("/score", json={"input_string": CONV}, timeout=30)
     assert r.status_code == 400 and "input_data" in r.json()["error"]["message"]
 
 
 def test_timeout_is_408_and_stops_the_generation(server):
     before = _stats(server)
     body = {"messages": CONV[:2], "max_tokens": 200, "temperature": 0}
-    r = httpx.post(f"{server.url}/v1/chat/completions", json=body,
+    r = server.client.post("/v1/chat/completions", json=body,
                    headers={"x-chattune-timeout-ms": "30"}, timeout=30)  # fmt: skip
     assert r.status_code == 408, r.text
     assert "timed out" in r.json()["error"]["message"]
@@ -210,7 +210,7 @@ def test_timeout_is_408_and_stops_the_generation(server):
     assert after["cancelled"] == before["cancelled"] + 1
     assert after["running"] == 0
     assert after["generated_tokens"] - before["generated_tokens"] < 200
-    bad = httpx.post(f"{server.url}/v1/chat/completions", json=body,
+    bad = server.client.post("/v1/chat/completions", json=body,
                      headers={"x-chattune-timeout-ms": "soon"})  # fmt: skip
     assert bad.status_code == 400 and "x-chattune-timeout-ms" in bad.json()["error"]["message"]
 
@@ -218,7 +218,7 @@ def test_timeout_is_408_and_stops_the_generation(server):
 def test_client_disconnect_mid_stream_cancels(server):
     before = _stats(server)
     body = {"messages": CONV[:2], "max_tokens": 200, "stream": True}
-    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body) as r:
+    with server.client.stream("POST", "/v1/chat/completions", json=body) as r:
         lines = r.iter_lines()
         assert next(lines).startswith("data: ")
     for _ in range(50):
@@ -235,7 +235,7 @@ def test_concurrent_requests_are_batched(server, reference):
 
     def ask(msgs: list[dict]) -> str:
         body = {"messages": msgs, "max_tokens": 24, "temperature": 0}
-        r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
+        r = server.client.post("/v1/chat/completions", json=body, timeout=60)
         return r.json()["choices"][0]["message"]["content"]
 
     with ThreadPoolExecutor(8) as pool:
@@ -250,11 +250,11 @@ def test_adapter_header_routes_to_the_adapter(server, llama_adapters):
     body = {"messages": CONV[:2], "max_tokens": 12, "temperature": 0}
     answers = {}
     for name in ("a1", "a2", "__base__"):
-        r = httpx.post(f"{server.url}/v1/chat/completions", json=body,
+        r = server.client.post("/v1/chat/completions", json=body,
                        headers={"x-chattune-adapter": name}, timeout=30)  # fmt: skip
         answers[name] = r.json()["choices"][0]["message"]["content"]
     assert len(set(answers.values())) == 3
-    r = httpx.post(f"{server.url}/v1/chat/completions", json=body,
+    r = server.client.post("/v1/chat/completions", json=body,
                    headers={"x-chattune-adapter": "zzz"})  # fmt: skip
     assert r.status_code == 400
     assert "'zzz'" in r.json()["error"]["message"] and "a1, a2" in r.json()["error"]["message"]
@@ -314,7 +314,7 @@ def test_usage_counts_the_training_prompt(server, chatty_llama_dir):
 
     enc = ChatEncoder(AutoTokenizer.from_pretrained(chatty_llama_dir)).encode([CONV])[0]
     body = {"messages": CONV[:-1], "max_tokens": 1}
-    r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30)
+    r = server.client.post("/v1/chat/completions", json=body, timeout=30)
     assert r.json()["usage"]["prompt_tokens"] == enc.label_ranges[-1][0]
 
 
@@ -348,7 +348,7 @@ def test_a_model_that_cannot_load_ends_the_process_with_the_reason(tmp_path):
 
 def test_sse_wire_format(server):
     body = {"messages": CONV[:2], "max_tokens": 3, "stream": True}
-    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body) as r:
+    with server.client.stream("POST", "/v1/chat/completions", json=body) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         raw = r.read().decode()
     events = [e for e in raw.split("\n\n") if e]
@@ -359,7 +359,7 @@ def test_sse_wire_format(server):
 
 
 def test_model_dir_path_is_reported(server):
-    info = httpx.get(f"{server.url}/stats").json()
+    info = server.client.get("/stats").json()
     assert info["kind"] == "hf" and info["dtype"] == "float32"
     assert sorted(info["adapters"]) == ["a1", "a2"]
     assert Path(info["model_dir"]).is_dir()
@@ -377,11 +377,11 @@ def test_dtype_auto_follows_the_hardware_and_the_env_sets_bf16(
     monkeypatch.delenv("CHATTUNE_SERVING_DTYPE", raising=False)
     auto = model_server_factory(chatty_llama_dir, "--torch-threads", "1")
     want = "bfloat16" if cpu_bf16_supported() else "float32"
-    assert httpx.get(f"{auto.url}/stats").json()["dtype"] == want
+    assert auto.client.get("/stats").json()["dtype"] == want
     monkeypatch.setenv("CHATTUNE_SERVING_DTYPE", "bfloat16")
     bf = model_server_factory(chatty_llama_dir, "--torch-threads", "1")
-    assert httpx.get(f"{bf.url}/stats").json()["dtype"] == "bfloat16"
-    r = httpx.post(f"{bf.url}/v1/chat/completions", timeout=60,
+    assert bf.client.get("/stats").json()["dtype"] == "bfloat16"
+    r = bf.client.post("/v1/chat/completions", timeout=60,
                    json={"messages": CONV[:2], "max_tokens": 4, "temperature": 0})  # fmt: skip
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["completion_tokens"] >= 1

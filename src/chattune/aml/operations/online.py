@@ -27,6 +27,7 @@ from chattune.serving.deployments import (
     validate_settings,
 )
 from chattune.serving.endpoints import endpoint_dir, get_endpoint, list_endpoints
+from chattune.serving.endpoints import get_keys as endpoint_keys
 from chattune.workspace import Workspace
 
 DEPLOY_TIMEOUT_S = 1800.0
@@ -121,10 +122,16 @@ class OnlineEndpointOperations:
         return [_endpoint_entity(e) for e in list_endpoints(self._ws)]
 
     def get_keys(self, name: str) -> EndpointAuthKeys:
-        """The endpoint's primary and secondary keys."""
+        """The endpoint's primary and secondary keys, from its owner-only keys file (the
+        database keeps only their digests).
+
+        Raises:
+            ResourceNotFoundError: no such endpoint.
+            ValidationException: a key is not kept in clear; the fix regenerates it.
+        """
         with azure_errors():
-            ep = get_endpoint(self._ws, name)
-        return EndpointAuthKeys(primary_key=ep.primary_key, secondary_key=ep.secondary_key)
+            keys = endpoint_keys(self._ws, name)
+        return EndpointAuthKeys(primary_key=keys.primary_key, secondary_key=keys.secondary_key)
 
     def begin_regenerate_keys(
         self, name: str, *, key_type: str = "primary", **_kw: Any

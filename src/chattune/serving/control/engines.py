@@ -5,14 +5,22 @@ The supervisor and `instances` use only `InstanceEngine`; the built-in model ser
 (`serving/model_server/`) is its first implementation. A second engine (e.g. vLLM's OpenAI
 server) implements the same protocol: its command line, its environment, its health and
 readiness paths, and the paths it answers.
+
+Every instance demands `Launch.instance_key` as `Authorization: Bearer <key>` on every route
+but its probes (the gateway adds it; `serving/keys.py`). An engine passes the key in the
+instance's environment, never on its command line (`ps` shows that to every user): the
+built-in server reads `INSTANCE_KEY_ENV`; vLLM's OpenAI server would read `VLLM_API_KEY`,
+its `--api-key`.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
+
+from chattune.serving.keys import INSTANCE_KEY_ENV
 
 # The module run for each built-in instance; `CHATTUNE_MODEL_SERVER` swaps in another module
 # that speaks the same command line and routes (tests use a fake one).
@@ -31,6 +39,8 @@ class Launch:
         port: the port to listen on (127.0.0.1 only).
         parent_pid: the supervisor's pid: the instance exits when it is gone.
         torch_threads: CPU threads per op (instances sharing a CPU split its cores), or None.
+        instance_key: the key the instance demands (`Authorization: Bearer`) of every
+            request but its probes; the gateway sends it.
     """
 
     model_dir: str
@@ -39,6 +49,7 @@ class Launch:
     port: int
     parent_pid: int
     torch_threads: int | None = None
+    instance_key: str = field(default="", repr=False)
 
 
 class InstanceEngine(Protocol):
@@ -68,8 +79,9 @@ class InstanceEngine(Protocol):
         """The command line that starts one instance."""
         ...
 
-    def env(self) -> dict[str, str]:
-        """Environment variables added to the supervisor's for an instance."""
+    def env(self, launch: Launch) -> dict[str, str]:
+        """Environment variables added to the supervisor's for an instance; they carry
+        `launch.instance_key`."""
         ...
 
 
@@ -105,5 +117,8 @@ class BuiltinModelServer:
             *threads,
         ]  # fmt: skip
 
-    def env(self) -> dict[str, str]:
-        return {"PYTHONUNBUFFERED": "1"}  # its log lines reach the instance log at once
+    def env(self, launch: Launch) -> dict[str, str]:
+        return {
+            "PYTHONUNBUFFERED": "1",  # its log lines reach the instance log at once
+            INSTANCE_KEY_ENV: launch.instance_key,
+        }

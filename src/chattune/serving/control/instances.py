@@ -112,15 +112,25 @@ class Slot:
         spec: GroupSpec,
         liveness: ProbeSettings,
         readiness: ProbeSettings,
+        instance_key: str,
         torch_threads: int | None = None,
     ) -> None:
         """Start an instance of `engine` for `spec` on a fresh port, logging to `self.log`.
+
+        `instance_key`: what the instance demands of every request but its probes (the
+        engine passes it in the environment, never on the command line).
 
         `torch_threads`: CPU threads per op; instances sharing the CPU split its cores (more
         threads than cores made a decoding step many times slower)."""
         self.engine, self.spec, self.port = engine, spec, free_port()
         launch = Launch(
-            spec.model_dir, spec.adapters, spec.served_name, self.port, os.getpid(), torch_threads
+            spec.model_dir,
+            spec.adapters,
+            spec.served_name,
+            self.port,
+            os.getpid(),
+            torch_threads,
+            instance_key,
         )
         cmd = engine.command(launch)
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +146,7 @@ class Slot:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, **engine.env()},
+                env={**os.environ, **engine.env(launch)},
             )
         now = time.monotonic()
         self.started = now

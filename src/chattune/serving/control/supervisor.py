@@ -9,6 +9,9 @@ they crash at start again and again. Whenever anything changes it pushes a fresh
 `GatewayConfig` holding only ready instances, and writes back the endpoint stamp it has
 applied to `ws/endpoints/<name>/supervisor.json`: the CLI waits for that stamp.
 
+Each instance answers only requests carrying this run's instance key, made at start and
+never written down, which the gateway adds (`serving/keys.py`).
+
 SIGHUP: re-read the database now. SIGTERM: stop every instance and exit.
 
 The CLI side (start, signal and wait, stop) is `serving/control/lifecycle.py`.
@@ -44,8 +47,8 @@ from chattune.serving.deployments import (
     set_deployment_state,
 )
 from chattune.serving.endpoints import Endpoint, endpoint_dir, get_endpoint, set_endpoint_fields
-from chattune.serving.gateway.auth import key_digest
 from chattune.serving.gateway.config import DeploymentTarget, GatewayConfig
+from chattune.serving.keys import digest_of_stored, new_instance_key
 from chattune.workspace import Workspace
 from chattune.workspace.files import write_json_atomic
 
@@ -135,6 +138,8 @@ class Supervisor:
     def __init__(self, ws: Workspace, endpoint: str, engine: InstanceEngine | None = None) -> None:
         self.ws, self.name = ws, endpoint
         self.engine: InstanceEngine = engine or BuiltinModelServer.from_env()
+        # what the gateway sends to this run's instances and they demand (`serving/keys.py`)
+        self.instance_key = new_instance_key()
         self.dir = endpoint_dir(ws, endpoint)
         self.slots: dict[tuple[str, int], Slot] = {}
         self.groups: dict[str, Group] = {}
@@ -298,7 +303,9 @@ class Supervisor:
         # the CPU's cores, split between every instance of the endpoint
         instances = sum(g.count for g in self.groups.values()) or 1
         threads = max(1, (os.cpu_count() or 1) // instances)
-        slot.start(self.engine, group.spec, group.liveness, group.readiness, threads)
+        slot.start(
+            self.engine, group.spec, group.liveness, group.readiness, self.instance_key, threads
+        )
 
     def _on_liveness_failure(self, group: Group, slot: Slot) -> None:
         """Liveness failed `failure_threshold` times in a row: kill and restart (Azure)."""
@@ -378,10 +385,11 @@ class Supervisor:
                     adapter=dep.name if dep.settings.lora_only else None,
                     state=state,
                     error=error,
+                    instance_key=self.instance_key,
                 )
         return GatewayConfig(
             endpoint=ep.name,
-            key_digests=(key_digest(ep.primary_key), key_digest(ep.secondary_key)),
+            key_digests=tuple(digest_of_stored(d) for d in ep.key_digests().values()),
             traffic=dict(ep.traffic),
             mirror_traffic=dict(ep.mirror_traffic),
             deployments=targets,

@@ -1,8 +1,8 @@
-"""The gateway's key check: API keys are kept as SHA-256 digests and compared in constant time."""
+"""The gateway's key check: API keys are kept as SHA-256 digests (`serving/keys.py`) and
+compared in constant time."""
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 
 from fastapi import Depends, Request
@@ -10,13 +10,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from chattune.errors import AuthenticationFailed
 from chattune.serving.gateway.config import GatewayConfig, current_config
+from chattune.serving.keys import key_digest
+
+__all__ = ["key_digest", "valid_key"]
 
 _bearer = HTTPBearer(auto_error=False, description="the endpoint's primary or secondary key")
-
-
-def key_digest(key: str) -> bytes:
-    """What the gateway keeps of a key: its SHA-256, compared with `secrets.compare_digest`."""
-    return hashlib.sha256(key.encode("utf-8")).digest()
 
 
 async def valid_key(

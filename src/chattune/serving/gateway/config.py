@@ -32,6 +32,8 @@ class DeploymentTarget:
             server in the `x-chattune-adapter` header; None for a full model.
         state: creating | ready | failed (the gateway answers 424 with `error` when failed).
         error: why the deployment failed, from its log.
+        instance_key: what its instances demand in `INSTANCE_AUTH_HEADER` (`serving/keys.py`);
+            "" sends none.
     """
 
     name: str
@@ -42,6 +44,7 @@ class DeploymentTarget:
     adapter: str | None = None
     state: str = "creating"
     error: str | None = None
+    instance_key: str = field(default="", repr=False)
 
     @property
     def max_in_flight(self) -> int:

@@ -28,9 +28,11 @@ from chattune.serving.gateway.routing import InFlight, Route, Slot, check_servin
 from chattune.serving.headers import (
     ADAPTER_HEADER,
     DEPLOYMENT_HEADER,
+    INSTANCE_AUTH_HEADER,
     REQUEST_ID_HEADER,
 )
 from chattune.serving.http_errors import envelope_of
+from chattune.serving.keys import bearer
 from chattune.serving.lifetime import Deadline, stream_within, within
 
 log = logging.getLogger("chattune.serving.gateway")
@@ -151,6 +153,8 @@ class Forwarder:
             headers = {**out.headers, **deadline.header()}
             if slot.target.adapter:
                 headers[ADAPTER_HEADER] = slot.target.adapter
+            if slot.target.instance_key:
+                headers[INSTANCE_AUTH_HEADER] = bearer(slot.target.instance_key)
             upstream = self.client.build_request(
                 out.method, url + out.path, headers=headers, content=out.body
             )

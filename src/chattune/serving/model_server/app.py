@@ -3,7 +3,8 @@
 
 It listens at once and loads the model on a thread: `GET /health` is 200 while the process
 and the engine thread live (503 once the engine thread died), `GET /ready` is 503 until the
-model is loaded, then 200. The command line is `cli.py`.
+model is loaded, then 200. Every other route needs its key (`auth.py`). The command line is
+`cli.py`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from chattune.serving.http_errors import install_error_handlers
+from chattune.serving.model_server.auth import InstanceKeyCheck
 from chattune.serving.model_server.engine import DEFAULT_MAX_BATCH, Engine
 from chattune.serving.model_server.loading import load_engine
 from chattune.serving.model_server.router import ROUTERS
@@ -62,6 +64,7 @@ def create_app(
     engine: Engine | None = None,
     exit_on_load_failure: bool = False,
     dtype: str = "auto",
+    api_key: str | None = None,
 ) -> FastAPI:
     """The model server's app.
 
@@ -73,6 +76,9 @@ def create_app(
         engine: an engine already loaded (tests); then `model_dir` is not used.
         exit_on_load_failure: end the process (exit code 3) if the model fails to load.
         dtype: the weights' dtype, "auto" or a name (see `loader.serving_dtype`).
+        api_key: the key every route but the probes demands (`Authorization: Bearer`);
+            None checks none, for an app used in-process only (the command line always
+            sets one).
     """
     service = ModelService(served_name)
     load: LoadSpec | None = None
@@ -93,6 +99,8 @@ def create_app(
 
     app = FastAPI(title="chattune model server", lifespan=lifespan)
     install_error_handlers(app)
+    if api_key is not None:
+        app.add_middleware(InstanceKeyCheck, key=api_key)
     app.state.service = service
     for router in ROUTERS:
         app.include_router(router)

@@ -6,8 +6,10 @@
 
 It listens at once and loads the model on a thread: `GET /health` is 200 while the process
 and the engine thread live (503 once the engine thread died), `GET /ready` is 503 until the
-model is loaded, then 200. A model that fails to load ends the process with exit code 3 and
-the reason as the last line of its log (what the supervisor reports).
+model is loaded, then 200. Every other route needs `Authorization: Bearer <key>` with the
+key in `$CHATTUNE_MODEL_SERVER_KEY` (the supervisor sets it); started by hand without it,
+the server makes a key and prints it once. A model that fails to load ends the process with
+exit code 3 and the reason as the last line of its log (what the supervisor reports).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import uvicorn
 from chattune.host.malloc import tune_malloc
 from chattune.kernels.attention import attention_kernel
 from chattune.models.loading import DTYPE_ENV, SERVING_DTYPES
+from chattune.serving.keys import INSTANCE_KEY_ENV, new_key
 from chattune.serving.model_server.app import create_app
 from chattune.serving.model_server.engine import DEFAULT_MAX_BATCH
 
@@ -50,6 +53,22 @@ def _adapter_arg(text: str) -> tuple[str, Path]:
     if not sep or not name or not path:
         raise argparse.ArgumentTypeError(f"{text!r}: write NAME=PATH")
     return name, Path(path)
+
+
+def _api_key() -> str:
+    """The key this server demands: `$CHATTUNE_MODEL_SERVER_KEY` (taken out of the
+    environment, so nothing this process starts inherits it), or a fresh one, printed."""
+    key = os.environ.pop(INSTANCE_KEY_ENV, "")
+    if key:
+        return key
+    key = new_key()
+    log.warning(
+        "no $%s set: this server's key is %s; send it as `Authorization: Bearer <key>` "
+        "(e.g. the openai package's api_key)",
+        INSTANCE_KEY_ENV,
+        key,
+    )
+    return key
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         max_batch_size=args.max_batch_size,
         exit_on_load_failure=True,
         dtype=args.dtype,
+        api_key=_api_key(),
     )
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                             timeout_graceful_shutdown=5)  # fmt: skip

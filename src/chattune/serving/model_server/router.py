@@ -1,6 +1,6 @@
 """The model server's routes: thin, each reads its request and hands it to `ModelService`.
 
-No auth here: the gateway checks keys, and this server binds 127.0.0.1. Request headers
+The key check is `auth.py`, in front of every route but `/health` and `/ready`. Request headers
 from the gateway (`serving/headers.py`): `TIMEOUT_HEADER` (the request's remaining budget:
 past it the generation is cancelled and the answer is 408) and `ADAPTER_HEADER` (the LoRA
 adapter; unknown names are a 400 listing the loaded ones).
