@@ -21,6 +21,7 @@ from chattune.serving import deployments as rows
 from chattune.serving import endpoints as endpoint_rows
 from chattune.serving.control import lifecycle
 from chattune.serving.control.instances import free_port
+from chattune.serving.control.vllm import choose_engine
 from chattune.serving.deployments import Deployment, DeploymentSettings
 from chattune.serving.endpoints import Endpoint, get_endpoint
 from chattune.serving.headers import DEPLOYMENT_HEADER
@@ -251,6 +252,12 @@ def _record(
         settings = settings.model_copy(
             update={"lora_only": True, "base_id": ckpt.base_id, "group": f"lora-{ckpt.base_id[:8]}"}
         )
+    choice = choose_engine(
+        settings.engine, lora_only=lora_only, model_path=Path(mv.path), workspace_root=ws.root
+    )
+    settings = settings.model_copy(
+        update={"engine_chosen": choice.engine, "engine_reason": choice.reason}
+    )
     return rows.create_deployment(
         ws,
         endpoint,

@@ -66,6 +66,7 @@ class GroupSpec:
     adapters: tuple[tuple[str, str], ...] = ()  # (name, path) for LoRA-only groups
     served_name: str = ""
     generation: tuple[int, ...] = ()  # the members' generations: an update replaces
+    engine: str = "chattune"  # the engine's name: a change of engine replaces
 
 
 @dataclass

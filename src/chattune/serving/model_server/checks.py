@@ -1,41 +1,13 @@
-"""Checks of a model-server request that need the model: JSON and types (the strict wire
-models of `schemas`), roles and the chat template, and token budgets against the context
+"""Checks of a model-server request that need the model (JSON and types are checked by
+`schemas.parse_body`): roles and the chat template, and token budgets against the context
 left after the prompt. Each raises `InvalidRequest` (400) naming the field and the fix."""
 
 from __future__ import annotations
-
-import json
-from typing import Any
-
-from pydantic import BaseModel, ValidationError
 
 from chattune.errors import ChattuneError, InvalidRequest
 from chattune.serving.model_server.chat import ChatPrompter
 from chattune.serving.model_server.engine import Engine, SamplingParams
 from chattune.serving.model_server.schemas import ROLES, ChatMessage
-
-
-def parse_body(model: type[BaseModel], raw: bytes) -> Any:
-    """`raw` parsed into `model`; malformed JSON or a wrong field is a 400 naming it."""
-    try:
-        json.loads(raw or b"")
-    except ValueError as exc:
-        raise InvalidRequest(
-            f"the body is not valid JSON ({exc}); send a JSON object.", param="body"
-        ) from None
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        parts, param = [], None
-        for err in exc.errors(include_url=False):
-            where = ".".join(str(p) for p in err["loc"]) or "body"
-            param = param or where
-            parts.append(f"`{where}`: {err['msg']}")
-        raise InvalidRequest(
-            "invalid request: " + "; ".join(parts[:6]) + ". Send the named fields as "
-            "the API documents them (GET /docs).",
-            param=param,
-        ) from None
 
 
 def prompt_ids(

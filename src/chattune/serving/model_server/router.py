@@ -18,7 +18,6 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from chattune.serving.model_server.checks import parse_body
 from chattune.serving.model_server.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -26,6 +25,7 @@ from chattune.serving.model_server.schemas import (
     ScoreRequest,
     ScoreResponse,
     StatusReply,
+    parse_body,
 )
 from chattune.serving.model_server.service import Call, ModelService
 

@@ -9,11 +9,15 @@ serialize to exactly the JSON OpenAI's clients expect; none of this imports the 
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer
+
+from chattune.errors import InvalidRequest
 
 _STRICT = ConfigDict(strict=True, extra="ignore")
+SCORE_DEFAULT_MAX_NEW_TOKENS = 256  # `/score`'s answer length when the request names none
 # OpenAI's roles -> the chat template's
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
@@ -78,6 +82,33 @@ class ScoreInput(BaseModel):
     input_string: list[ChatMessage] | list[list[ChatMessage]]
     parameters: ScoreParameters = Field(default_factory=ScoreParameters)
 
+    @property
+    def nested(self) -> bool:
+        """Whether `input_string` is a list of conversations (else one conversation)."""
+        return bool(self.input_string) and isinstance(self.input_string[0], list)
+
+    def conversations(self) -> list[list[ChatMessage]]:
+        return self.input_string if self.nested else [self.input_string]  # type: ignore[list-item,return-value]
+
+    def chat_requests(self, model: str) -> list[ChatCompletionRequest]:
+        """The same generations as chat completions, one per conversation (for an engine
+        that speaks only OpenAI's API): greedy unless `do_sample`, as the built-in engine;
+        `SCORE_DEFAULT_MAX_NEW_TOKENS` unless given (the engine caps it to the context)."""
+        p = self.parameters
+        max_new = p.max_new_tokens if p.max_new_tokens is not None else p.max_gen_len
+        return [
+            ChatCompletionRequest(
+                model=model,
+                messages=conv,
+                temperature=(1.0 if p.temperature is None else p.temperature)
+                if p.do_sample
+                else 0.0,
+                top_p=p.top_p if p.do_sample else None,
+                max_completion_tokens=SCORE_DEFAULT_MAX_NEW_TOKENS if max_new is None else max_new,
+            )
+            for conv in self.conversations()
+        ]
+
 
 class ScoreRequest(BaseModel):
     """`POST /score`: `{"input_data": {"input_string": [...], "parameters": {...}},
@@ -88,11 +119,40 @@ class ScoreRequest(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+def parse_body(model: type[BaseModel], raw: bytes) -> Any:
+    """`raw` parsed into `model`; malformed JSON or a wrong field is a 400 naming it."""
+    try:
+        json.loads(raw or b"")
+    except ValueError as exc:
+        raise InvalidRequest(
+            f"the body is not valid JSON ({exc}); send a JSON object.", param="body"
+        ) from None
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        parts, param = [], None
+        for err in exc.errors(include_url=False):
+            where = ".".join(str(p) for p in err["loc"]) or "body"
+            param = param or where
+            parts.append(f"`{where}`: {err['msg']}")
+        raise InvalidRequest(
+            "invalid request: " + "; ".join(parts[:6]) + ". Send the named fields as "
+            "the API documents them (GET /docs).",
+            param=param,
+        ) from None
+
+
 # -- responses -----------------------------------------------------------------------------------
 class ScoreResponse(BaseModel):
     """`/score`'s answer: one text, or one per conversation (in order) for several."""
 
     output: str | list[str]
+
+    @classmethod
+    def of(cls, texts: list[str]) -> ScoreResponse:
+        """The answer to the conversations that gave `texts` (the seed's [conversation]
+        answers one string)."""
+        return cls(output=texts if len(texts) > 1 else texts[0])
 
 
 class Usage(BaseModel):
