@@ -90,6 +90,8 @@ def create_deployment(
 
     Args:
         model_ref: `NAME:VERSION`, `azureml:NAME:VERSION` or `NAME@latest`.
+        settings: its settings; `settings.engine` ("auto" | "vllm" | "builtin") picks the
+            engine (`control.vllm.choose_engine`), recorded with the reason.
         lora_only: serve the version's LoRA adapter on a base shared with the endpoint's
             other LoRA-only deployments of that base.
         on_progress: called with the deployment's row while waiting.
@@ -100,6 +102,7 @@ def create_deployment(
     Raises:
         ModelNotFound: no such model version.
         EndpointError: the version has no weights, `lora_only` on a full model, a bad name.
+        EngineUnavailable: `--engine vllm` and vLLM is missing, broken or cannot serve it.
         DeploymentFailed: it failed or did not get ready in `timeout_s`.
     """
     dep, stamp = _record(

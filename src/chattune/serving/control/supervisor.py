@@ -85,10 +85,12 @@ class Group:
 
 
 def plan_groups(
-    ws: Workspace, deployments: list[Deployment], builtin: InstanceEngine
+    ws: Workspace, deployments: list[Deployment], builtin: InstanceEngine | None = None
 ) -> dict[str, Group]:
-    """Which process groups the deployments need, and what each runs (on `builtin`, or on
-    vLLM for the deployments created with it)."""
+    """Which process groups the deployments need, and what each runs: the built-in engine
+    (`builtin`, default `BuiltinModelServer.from_env()`), or vLLM for the deployments that
+    chose it. A deployment whose model or vLLM is gone fails alone, with the reason."""
+    builtin = builtin or BuiltinModelServer.from_env()
     groups: dict[str, Group] = {}
     for dep in deployments:
         s = dep.settings

@@ -134,6 +134,7 @@ class VllmServer:
             "--dtype", self.dtype,
             "--max-model-len", str(self.max_model_len),
             "--generation-config", "vllm",
+            "--disable-access-log-for-endpoints", self.liveness_path,  # probes: log noise
             *([] if self.cuda else ["--enforce-eager"]),
         ]  # fmt: skip
 

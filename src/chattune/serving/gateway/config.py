@@ -33,7 +33,8 @@ class DeploymentTarget:
         state: creating | ready | failed (the gateway answers 424 with `error` when failed).
         error: why the deployment failed, from its log.
         score_as_chat: its instances speak only OpenAI's API (vLLM): the gateway answers
-            `/score` through their `/v1/chat/completions` (`gateway/score_chat.py`).
+            `/score` through their `/v1/chat/completions` and names the served model in
+            chat requests (`gateway/score_chat.py`).
         instance_key: what its instances demand in `INSTANCE_AUTH_HEADER` (`serving/keys.py`);
             "" sends none.
     """

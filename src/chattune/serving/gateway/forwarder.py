@@ -11,6 +11,7 @@ unchanged.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import uuid
@@ -25,7 +26,14 @@ from starlette.types import Receive, Scope, Send
 from chattune.errors import ChattuneError, RequestTimeout, UpstreamFailed
 from chattune.serving.gateway.config import MAX_REQUEST_TIMEOUT_MS, DeploymentTarget
 from chattune.serving.gateway.routing import InFlight, Route, Slot, check_serving
-from chattune.serving.gateway.score_chat import CHAT_PATH, chat_bodies, is_score, score_body
+from chattune.serving.gateway.score_chat import (
+    CHAT_PATH,
+    chat_bodies,
+    is_chat,
+    is_score,
+    score_body,
+    with_model,
+)
 from chattune.serving.headers import (
     ADAPTER_HEADER,
     DEPLOYMENT_HEADER,
@@ -130,6 +138,8 @@ class Forwarder:
         cancelling it closes the connection, which is what tells the model server to stop."""
         if slot.target.score_as_chat and is_score(out.path):
             return await self._score_as_chat(slot, out, deadline)
+        if slot.target.score_as_chat and is_chat(out.path):
+            out = dataclasses.replace(out, body=with_model(out.body, slot.target.name))
         upstream = await self._send(slot, out, deadline)
         self._log(slot, out, upstream)
         media = upstream.headers.get("content-type", "")
