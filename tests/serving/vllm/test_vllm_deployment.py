@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from chattune.serving.headers import DEPLOYMENT_HEADER
 from chattune.train.chat_encoder import ChatEncoder
 from chattune.workspace import Workspace
 from tests.evaluate.test_step import CONVERSATIONS  # sentences the tiny tokenizer knows
-from tests.serving.control.supervised import kill_all
+from tests.serving.control.supervised import kill_all, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -207,3 +208,45 @@ def test_greedy_replies_agree_with_the_builtin_engine_in_fp32(served: Served) ->
             assert vllm["usage"][field] == builtin["usage"][field], (field, conv)
         texts = [a["choices"][0]["message"]["content"].rstrip("\ufffd") for a in (vllm, builtin)]
         assert texts[0] == texts[1], conv
+
+
+def descendants(pid: int) -> set[int]:
+    """The processes under `pid` (vLLM's engine core and workers), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                parents[int(entry.name)] = int(
+                    (entry / "stat").read_text().split(") ")[1].split()[1]
+                )
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return (Path("/proc") / str(pid) / "stat").read_text().split(") ")[1][0] != "Z"
+    return False
+
+
+def test_a_killed_vllm_instance_is_restarted_and_leaves_nothing_behind(served: Served) -> None:
+    """Runs last: it restarts vLLM (tens of seconds)."""
+    [inst] = get_deployment(served.ws, "vllm-ep", "dep-vllm").instances
+    children = descendants(inst.pid)
+    assert children, "vLLM runs its engine core in a child process"
+    os.kill(inst.pid, signal.SIGKILL)
+    down = served.post("/score", {"input_data": {"input_string": CONVERSATIONS[0]}})
+    assert down.status_code in (424, 503), down.text  # its instance is gone, never a hang
+
+    def restarted() -> object:
+        [now] = get_deployment(served.ws, "vllm-ep", "dep-vllm").instances
+        return now.pid != inst.pid and now.state == "ready" and now
+
+    now = wait_for(restarted, timeout_s=300, what="vLLM restarted and ready")
+    assert now.restarts == 1
+    assert not [pid for pid in children if alive(pid)], "vLLM's engine core outlived its server"
+    again = served.post("/score", {"input_data": {"input_string": CONVERSATIONS[0]}})
+    assert again.status_code == 200, again.text

@@ -251,8 +251,7 @@ class Supervisor:
     def _shutdown(self) -> None:
         _say("stopping instances")
         for slot in self.slots.values():
-            if slot.proc is not None and slot.proc.poll() is None:
-                slot.proc.send_signal(signal.SIGTERM)
+            slot.terminate()
         for slot in self.slots.values():
             slot.stop()
         self.prober.close()
@@ -356,6 +355,7 @@ class Supervisor:
 
     def _on_exit(self, group: Group, slot: Slot, code: int) -> None:
         reason = failure_reason(slot.log)
+        slot.reap()
         slot.proc, slot.ready = None, False
         _say(f"{group.name} instance {slot.idx} exited with code {code}: {reason}")
         if slot.ever_ready:
