@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from chattune.errors import ChattuneError
@@ -277,6 +277,11 @@ def install_vllm(
     finally:
         if old is not None:
             os.environ[VLLM_ENV_VAR] = old
-    record = {"build": plan.build, **{k: str(v) for k, v in asdict(env).items() if k != "root"}}
+    record = {
+        "build": plan.build,
+        "package": env.package,
+        "version": env.version,
+        "torch": TORCH_VERSION if plan.build == "cpu" else "as vllm pins it",
+    }
     write_json_atomic(dest / RECORD, record)
     return env
