@@ -210,6 +210,36 @@ def test_greedy_replies_agree_with_the_builtin_engine_in_fp32(served: Served) ->
         assert texts[0] == texts[1], conv
 
 
+def test_models_traffic_split_and_limits_hold_on_both_engines(served: Served) -> None:
+    """The gateway's own promises do not depend on the engine behind it."""
+    models = httpx.get(
+        f"http://127.0.0.1:{served.endpoint.port}/v1/models",
+        headers={"Authorization": f"Bearer {served.key}"}, timeout=30, trust_env=False,
+    )  # fmt: skip
+    assert {"dep-vllm", "dep-builtin"} <= {m["id"] for m in models.json()["data"]}
+    service.update_traffic(served.ws, "vllm-ep", {"dep-vllm": 50, "dep-builtin": 50})
+    try:
+        seen = {}
+        body = {
+            "input_data": {"input_string": CONVERSATIONS[0], "parameters": {"max_new_tokens": 4}}
+        }
+        for _ in range(30):  # 2**-29 that one side gets none
+            answer = httpx.post(
+                served.endpoint.scoring_uri, json=body, timeout=60, trust_env=False,
+                headers={"Authorization": f"Bearer {served.key}"},
+            )  # fmt: skip
+            assert answer.status_code == 200, answer.text
+            seen.setdefault(answer.headers[DEPLOYMENT_HEADER], []).append(answer.json())
+        assert set(seen) == {"dep-vllm", "dep-builtin"}
+        for answers in seen.values():  # the same /score shape from either engine
+            assert all(set(a) == {"output"} and isinstance(a["output"], str) for a in answers)
+    finally:
+        service.update_traffic(served.ws, "vllm-ep", {"dep-vllm": 100})
+    huge = served.post("/score", {"input_data": {"input_string": [
+        {"role": "user", "content": "x" * 2_000_000}]}})  # fmt: skip
+    assert huge.status_code == 413
+
+
 def descendants(pid: int) -> set[int]:
     """The processes under `pid` (vLLM's engine core and workers), from /proc."""
     parents: dict[int, int] = {}
