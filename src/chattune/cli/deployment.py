@@ -254,11 +254,20 @@ def list_cmd(
     if as_json:
         print_json([d.to_dict() for d in deps])
         return
-    table = list_table(f"deployments of {endpoint}", "name", "model", "state", "instances")
+    table = list_table(
+        f"deployments of {endpoint}", "name", "model", "engine", "state", "instances"
+    )
     table.add_column("error", overflow="fold")  # free text: long words may fold
     for d in deps:
         ready = sum(i.state == "ready" for i in d.instances)
-        table.add_row(d.name, d.model, d.state, f"{ready}/{d.instance_count} ready", d.error or "-")
+        table.add_row(
+            d.name,
+            d.model,
+            d.settings.engine_chosen,
+            d.state,
+            f"{ready}/{d.instance_count} ready",
+            d.error or "-",
+        )
     console.print(table)
 
 

@@ -35,18 +35,14 @@ def list_cmd(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json([e.to_dict() for e in engines])
         return
-    table = list_table("serving engines", "engine", "installed", "version", "devices", "where")
-    table.add_column("note", overflow="fold")
+    table = list_table("serving engines", "engine", "installed", "version", "devices")
     for e in engines:
         table.add_row(
-            e.name,
-            "yes" if e.installed else "no",
-            e.version,
-            ", ".join(e.devices) or "-",
-            e.location,
-            e.note or "-",
+            e.name, "yes" if e.installed else "no", e.version, ", ".join(e.devices) or "-"
         )
     console.print(table)
+    for e in engines:  # paths and advice as whole lines, never folded into a column
+        console.print(f"{e.name}: {e.location}" + (f" - {e.note}" if e.note else ""))
 
 
 @app.command()

@@ -183,7 +183,13 @@ def test_vllm_command_line_and_environment(vllm_llama_dir) -> None:
         "bfloat16",
     )  # fmt: skip
     assert "--enforce-eager" not in gpu.command(launch)
+    assert "--tensor-parallel-size" not in gpu.command(launch)  # one GPU
     assert "VLLM_CPU_KVCACHE_SPACE" not in gpu.env(launch)
+    four = VllmServer.for_model(
+        VllmEnv(Path("/v"), "workspace", "0.34", "vllm", 4), vllm_llama_dir, vllm_llama_dir,
+        "bfloat16",
+    )  # fmt: skip
+    assert four.command(launch)[-2:] == ["--tensor-parallel-size", "4"]
 
 
 # -- /score as chat completions -------------------------------------------------------------------

@@ -12,6 +12,8 @@ a free port, serving the model under the deployment's name, with:
 - `--max-model-len` the model's context (`max_position_embeddings`), and on the CPU a KV cache
   (`VLLM_CPU_KVCACHE_SPACE`, GiB) for `KV_SEQUENCES` sequences of that length;
 - `--enforce-eager` on the CPU: torch.compile's warm-up compiles C++ for minutes there;
+- `--tensor-parallel-size` the GPUs vLLM sees, where there are several (instances are not
+  given GPUs of their own yet: one instance per deployment spans them all);
 - `--generation-config vllm`: vLLM's sampling defaults, as the built-in engine's, not the
   model's `generation_config.json`;
 - the instance key as `VLLM_API_KEY` (its `--api-key`; in the environment, not on the command
@@ -91,6 +93,7 @@ class VllmServer:
         max_model_len: the context, in tokens.
         cuda: run on the GPU (the CUDA build where a GPU is seen), else the CPU.
         kv_cache_gib: the CPU KV cache (`VLLM_CPU_KVCACHE_SPACE`), whole GiB.
+        gpus: GPUs one instance spans (tensor parallel), on the CUDA build.
     """
 
     python: str
@@ -99,6 +102,7 @@ class VllmServer:
     max_model_len: int
     cuda: bool = False
     kv_cache_gib: int = 1
+    gpus: int = 0
     name: str = VLLM
     liveness_path: str = "/health"  # 503 once its engine core died
     readiness_path: str = "/health"  # it listens only once the model is loaded
@@ -119,6 +123,7 @@ class VllmServer:
             max_model_len=shape.context,
             cuda=env.cuda_devices > 0,
             kv_cache_gib=max(1, kv),
+            gpus=env.cuda_devices,
         )
 
     def command(self, launch: Launch) -> list[str]:
@@ -136,6 +141,7 @@ class VllmServer:
             "--generation-config", "vllm",
             "--disable-access-log-for-endpoints", self.liveness_path,  # probes: log noise
             *([] if self.cuda else ["--enforce-eager"]),
+            *(["--tensor-parallel-size", str(self.gpus)] if self.gpus > 1 else []),
         ]  # fmt: skip
 
     def env(self, launch: Launch) -> dict[str, str]:
