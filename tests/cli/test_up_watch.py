@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from chattune.serving import endpoints as E
+from chattune.workspace import Workspace
 from chattune.workspace.processes import pid_alive
 from tests.cli.process import chattune_cmd
 from tests.cli.test_endpoint_cli import SEED_REQUEST, register, run
@@ -24,11 +25,12 @@ RECOVER_TIMEOUT_S = 180.0  # generous: a loaded 2-core host imports torch slowly
 
 def score(ep: E.Endpoint) -> int | None:
     """The status of one scoring request; None when nothing answers."""
+    key = E.get_keys(Workspace.open(), ep.name).primary_key  # the test's CHATTUNE_HOME
     try:
         r = httpx.post(
             ep.scoring_uri,
             json=SEED_REQUEST,
-            headers={"Authorization": f"Bearer {ep.primary_key}"},
+            headers={"Authorization": f"Bearer {key}"},
             timeout=30,
             trust_env=False,
         )
@@ -83,7 +85,7 @@ def test_up_watch_brings_back_an_endpoint_whose_supervisor_was_killed(
             f"{marks['restarted']:.1f} s, 200 again {marks['200']:.1f} s"
         )
         again = E.get_endpoint(ws, "watch-ep")
-        assert again.port == ep.port and again.primary_key == ep.primary_key
+        assert again.port == ep.port and again.primary_key_hash == ep.primary_key_hash
         text = log.read_text()
         print(text)
         assert f"endpoint watch-ep: its supervisor (pid {victim}) is not running" in text
