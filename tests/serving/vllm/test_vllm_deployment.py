@@ -240,6 +240,31 @@ def test_models_traffic_split_and_limits_hold_on_both_engines(served: Served) ->
     assert huge.status_code == 413
 
 
+def test_mirror_copies_of_score_reach_vllm_as_chat_completions(served: Served) -> None:
+    """Live traffic on the built-in engine, a 50% shadow copy to vLLM: the copy of a `/score`
+    is translated like a live one (vLLM's access log shows the chat completions)."""
+    log = E.endpoint_dir(served.ws, "vllm-ep") / "dep-vllm" / "instance-0.log"
+
+    def chats() -> int:
+        return log.read_text(errors="replace").count('"POST /v1/chat/completions HTTP/1.1" 200')
+
+    before = chats()
+    service.update_traffic(served.ws, "vllm-ep", {"dep-builtin": 100}, {"dep-vllm": 50})
+    try:
+        body = {
+            "input_data": {"input_string": CONVERSATIONS[0], "parameters": {"max_new_tokens": 4}}
+        }
+        for _ in range(20):  # 2**-20 that no copy is sent
+            answer = httpx.post(
+                served.endpoint.scoring_uri, json=body, timeout=60, trust_env=False,
+                headers={"Authorization": f"Bearer {served.key}"},
+            )  # fmt: skip
+            assert answer.status_code == 200 and answer.headers[DEPLOYMENT_HEADER] == "dep-builtin"
+        wait_for(lambda: chats() > before, 60, "a mirrored /score answered by vLLM")
+    finally:
+        service.update_traffic(served.ws, "vllm-ep", {"dep-vllm": 100}, {})
+
+
 def descendants(pid: int) -> set[int]:
     """The processes under `pid` (vLLM's engine core and workers), from /proc."""
     parents: dict[int, int] = {}
