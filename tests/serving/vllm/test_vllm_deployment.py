@@ -66,6 +66,16 @@ class Served:
             trust_env=False,
         )
 
+    def score_by_traffic(self, n: int) -> Iterator[httpx.Response]:
+        """`n` short `/score` requests routed by the endpoint's traffic (no deployment header)."""
+        body = {"input_data": {"input_string": CONVERSATIONS[0],
+                               "parameters": {"max_new_tokens": 4}}}  # fmt: skip
+        for _ in range(n):
+            yield httpx.post(
+                self.endpoint.scoring_uri, json=body, timeout=60, trust_env=False,
+                headers={"Authorization": f"Bearer {self.key}"},
+            )  # fmt: skip
+
     def instance_url(self, deployment: str = "dep-vllm") -> str:
         [inst] = get_deployment(self.ws, self.endpoint.name, deployment).instances
         return f"http://127.0.0.1:{inst.port}"
@@ -220,14 +230,7 @@ def test_models_traffic_split_and_limits_hold_on_both_engines(served: Served) ->
     service.update_traffic(served.ws, "vllm-ep", {"dep-vllm": 50, "dep-builtin": 50})
     try:
         seen = {}
-        body = {
-            "input_data": {"input_string": CONVERSATIONS[0], "parameters": {"max_new_tokens": 4}}
-        }
-        for _ in range(30):  # 2**-29 that one side gets none
-            answer = httpx.post(
-                served.endpoint.scoring_uri, json=body, timeout=60, trust_env=False,
-                headers={"Authorization": f"Bearer {served.key}"},
-            )  # fmt: skip
+        for answer in served.score_by_traffic(30):  # 2**-29 that one side gets none
             assert answer.status_code == 200, answer.text
             seen.setdefault(answer.headers[DEPLOYMENT_HEADER], []).append(answer.json())
         assert set(seen) == {"dep-vllm", "dep-builtin"}
@@ -251,14 +254,7 @@ def test_mirror_copies_of_score_reach_vllm_as_chat_completions(served: Served) -
     before = chats()
     service.update_traffic(served.ws, "vllm-ep", {"dep-builtin": 100}, {"dep-vllm": 50})
     try:
-        body = {
-            "input_data": {"input_string": CONVERSATIONS[0], "parameters": {"max_new_tokens": 4}}
-        }
-        for _ in range(20):  # 2**-20 that no copy is sent
-            answer = httpx.post(
-                served.endpoint.scoring_uri, json=body, timeout=60, trust_env=False,
-                headers={"Authorization": f"Bearer {served.key}"},
-            )  # fmt: skip
+        for answer in served.score_by_traffic(20):  # 2**-20 that no copy is sent
             assert answer.status_code == 200 and answer.headers[DEPLOYMENT_HEADER] == "dep-builtin"
         wait_for(lambda: chats() > before, 60, "a mirrored /score answered by vLLM")
     finally:
