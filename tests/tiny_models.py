@@ -60,7 +60,9 @@ def build_tokenizer(specials: list[str], eos: str, template: str) -> PreTrainedT
     return fast
 
 
-def save_tiny_llama(path: Path) -> Path:
+def save_tiny_llama(path: Path, head_dim: int | None = None) -> Path:
+    """`head_dim`: None = hidden / heads = 8; vLLM's CPU attention takes only 32, 64, ...
+    (tests/serving/vllm use 32)."""
     tok = build_tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "<|im_end|>", CHATML)
     torch.manual_seed(0)
     cfg = LlamaConfig(
@@ -75,6 +77,7 @@ def save_tiny_llama(path: Path) -> Path:
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         bos_token_id=None,
+        **({"head_dim": head_dim} if head_dim else {}),
     )
     LlamaForCausalLM(cfg).save_pretrained(path)
     tok.save_pretrained(path)

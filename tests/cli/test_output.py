@@ -96,6 +96,7 @@ TEXT_COMMANDS = {
     ),
     "data show": lambda f: (["data", "show", str(f.data)], [str(f.data)]),
     "data validate": lambda f: (["data", "validate", str(f.data)], [str(f.data)]),
+    "engine list": lambda f: (["engine", "list"], ["builtin", "vllm", "engine install vllm"]),
 }
 
 
@@ -161,6 +162,10 @@ JSON_COMMANDS = {
     "deployment show": lambda f: (
         ["deployment", "show", "-e", ENDPOINT, "-n", DEPLOYMENT],
         lambda d: d["name"] == DEPLOYMENT and d["model"] == f"{MODEL}:1",
+    ),
+    "engine list": lambda f: (
+        ["engine", "list"],
+        lambda d: [e["name"] for e in d] == ["builtin", "vllm"] and not d[1]["installed"],
     ),
     "data show": lambda f: (["data", "show", str(f.data)], lambda d: d["rows"] == 2),
     "data validate": lambda f: (

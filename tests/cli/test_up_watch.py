@@ -25,11 +25,12 @@ RECOVER_TIMEOUT_S = 180.0  # generous: a loaded 2-core host imports torch slowly
 
 def score(ep: E.Endpoint) -> int | None:
     """The status of one scoring request; None when nothing answers."""
+    key = E.get_keys(Workspace.open(), ep.name).primary_key  # the test's CHATTUNE_HOME
     try:
         r = httpx.post(
             ep.scoring_uri,
             json=SEED_REQUEST,
-            headers={"Authorization": f"Bearer {E.get_key(Workspace.open(), ep.name)}"},
+            headers={"Authorization": f"Bearer {key}"},
             timeout=30,
             trust_env=False,
         )

@@ -69,8 +69,8 @@ RFailure = Annotated[int | None, _opt("Readiness: failures to leave the rotation
 def _settings(base: DeploymentSettings, given: dict[str, Any]) -> DeploymentSettings:
     """`base` with the options the user gave (None = not given), validated as a whole."""
     values = base.model_dump()
-    for key in ("request_timeout_ms", "max_concurrent_requests_per_instance"):
-        if given[key] is not None:
+    for key in ("request_timeout_ms", "max_concurrent_requests_per_instance", "engine"):
+        if given.get(key) is not None:
             values[key] = given[key]
     for probe, prefix in (("liveness_probe", "liveness_"), ("readiness_probe", "readiness_")):
         for f in _PROBE_FIELDS:
@@ -128,6 +128,13 @@ def create(
     lora_only: Annotated[
         bool, typer.Option(help="Serve the LoRA adapter on a base shared with others.")
     ] = False,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="auto (vLLM where installed and it supports the model, else builtin), vllm "
+            "or builtin. `chattune engine list` shows what is installed."
+        ),
+    ] = "auto",
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Return at once.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for ready.")] = 900.0,
     workspace: WorkspaceOpt = None,
@@ -225,6 +232,7 @@ def show(
         "liveness probe": s.liveness_probe.model_dump_json(),
         "readiness probe": s.readiness_probe.model_dump_json(),
         "lora only": f"yes (group {dep.group})" if s.lora_only else "no",
+        "engine": f"{s.engine_chosen} ({s.engine_reason or 'created before engines'})",
     }
     for i in dep.instances:
         rows[f"instance {i.idx}"] = (
@@ -246,11 +254,20 @@ def list_cmd(
     if as_json:
         print_json([d.to_dict() for d in deps])
         return
-    table = list_table(f"deployments of {endpoint}", "name", "model", "state", "instances")
+    table = list_table(
+        f"deployments of {endpoint}", "name", "model", "engine", "state", "instances"
+    )
     table.add_column("error", overflow="fold")  # free text: long words may fold
     for d in deps:
         ready = sum(i.state == "ready" for i in d.instances)
-        table.add_row(d.name, d.model, d.state, f"{ready}/{d.instance_count} ready", d.error or "-")
+        table.add_row(
+            d.name,
+            d.model,
+            d.settings.engine_chosen,
+            d.state,
+            f"{ready}/{d.instance_count} ready",
+            d.error or "-",
+        )
     console.print(table)
 
 

@@ -11,7 +11,7 @@ from rich.markup import escape
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
 from chattune import __version__
-from chattune.cli import compute, data, deployment, endpoint, job, model
+from chattune.cli import compute, data, deployment, endpoint, engine, job, model
 from chattune.cli.common import WorkspaceOpt, err_console, open_workspace
 from chattune.errors import ChattuneError
 from chattune.serving.control.lifecycle import bring_up
@@ -32,6 +32,7 @@ app.add_typer(data.app, name="data", help="Download, validate and inspect chat d
 app.add_typer(job.app, name="job", help="Fine-tuning jobs: create, stream, cancel, resume.")
 app.add_typer(endpoint.app, name="endpoint", help="Online endpoints: keys, traffic, invoke.")
 app.add_typer(deployment.app, name="deployment", help="Deployments of an online endpoint.")
+app.add_typer(engine.app, name="engine", help="Serving engines: list, install vLLM.")
 
 
 @app.command()

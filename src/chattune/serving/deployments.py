@@ -12,7 +12,7 @@ import json
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -47,6 +47,9 @@ class DeploymentSettings(BaseModel):
     lora_only: bool = False
     base_id: str | None = None  # hash of the base weights (LoRA-only: the sharing key)
     group: str | None = None  # the process group serving it: its own name, or lora-<base>
+    engine: Literal["auto", "vllm", "builtin"] = "auto"  # what --engine asked for
+    engine_chosen: Literal["builtin", "vllm"] = "builtin"  # what runs (chosen at create)
+    engine_reason: str = ""  # why (`control.vllm.choose_engine`)
 
 
 @dataclass

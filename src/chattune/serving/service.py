@@ -21,6 +21,7 @@ from chattune.serving import deployments as rows
 from chattune.serving import endpoints as endpoint_rows
 from chattune.serving.control import lifecycle
 from chattune.serving.control.instances import free_port
+from chattune.serving.control.vllm import choose_engine
 from chattune.serving.deployments import Deployment, DeploymentSettings
 from chattune.serving.endpoints import Endpoint, get_endpoint
 from chattune.serving.headers import DEPLOYMENT_HEADER
@@ -89,6 +90,8 @@ def create_deployment(
 
     Args:
         model_ref: `NAME:VERSION`, `azureml:NAME:VERSION` or `NAME@latest`.
+        settings: its settings; `settings.engine` ("auto" | "vllm" | "builtin") picks the
+            engine (`control.vllm.choose_engine`), recorded with the reason.
         lora_only: serve the version's LoRA adapter on a base shared with the endpoint's
             other LoRA-only deployments of that base.
         on_progress: called with the deployment's row while waiting.
@@ -99,6 +102,7 @@ def create_deployment(
     Raises:
         ModelNotFound: no such model version.
         EndpointError: the version has no weights, `lora_only` on a full model, a bad name.
+        EngineUnavailable: `--engine vllm` and vLLM is missing, broken or cannot serve it.
         DeploymentFailed: it failed or did not get ready in `timeout_s`.
     """
     dep, stamp = _record(
@@ -251,6 +255,12 @@ def _record(
         settings = settings.model_copy(
             update={"lora_only": True, "base_id": ckpt.base_id, "group": f"lora-{ckpt.base_id[:8]}"}
         )
+    choice = choose_engine(
+        settings.engine, lora_only=lora_only, model_path=Path(mv.path), workspace_root=ws.root
+    )
+    settings = settings.model_copy(
+        update={"engine_chosen": choice.engine, "engine_reason": choice.reason}
+    )
     return rows.create_deployment(
         ws,
         endpoint,

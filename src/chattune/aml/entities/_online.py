@@ -76,6 +76,9 @@ class ManagedOnlineDeployment(Printable):
         instance_count: model-server processes.
         liveness_probe / readiness_probe: `ProbeSettings`.
         request_settings: `OnlineRequestSettings`.
+        engine: what serves it (chattune's): "auto" (vLLM where it is installed and supports
+            the model, else the built-in engine), "vllm" or "builtin"; read at creation.
+        engine_in_use / engine_reason: which engine runs it, and why (filled by the service).
     """
 
     name: str
@@ -90,6 +93,9 @@ class ManagedOnlineDeployment(Printable):
     description: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     provisioning_state: str | None = None
+    engine: str = "auto"
+    engine_in_use: str | None = None
+    engine_reason: str | None = None
 
     def __repr__(self) -> str:
         return f"ManagedOnlineDeployment(name={self.name!r}, endpoint={self.endpoint_name!r})"

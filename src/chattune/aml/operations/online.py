@@ -63,11 +63,16 @@ def _deployment_entity(dep: Any) -> ManagedOnlineDeployment:
             max_concurrent_requests_per_instance=s.max_concurrent_requests_per_instance,
         ),
         provisioning_state=states.get(dep.state, dep.state.capitalize()),
+        engine=s.engine,
+        engine_in_use=s.engine_chosen,
+        engine_reason=s.engine_reason,
     )
 
 
 def _settings(d: ManagedOnlineDeployment, base: Any = None) -> Any:
     values = (base or DeploymentSettings()).model_dump()
+    if base is None:  # the engine is chosen once, at creation
+        values["engine"] = d.engine
     if d.request_settings is not None:
         values["request_timeout_ms"] = d.request_settings.request_timeout_ms
         values["max_concurrent_requests_per_instance"] = (

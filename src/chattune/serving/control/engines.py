@@ -2,9 +2,9 @@
 launched, probed, and which paths the gateway forwards to it.
 
 The supervisor and `instances` use only `InstanceEngine`; the built-in model server
-(`serving/model_server/`) is its first implementation. A second engine (e.g. vLLM's OpenAI
-server) implements the same protocol: its command line, its environment, its health and
-readiness paths, and the paths it answers.
+(`serving/model_server/`) is its first implementation; vLLM's OpenAI server is the second
+(`control/vllm.py`): its command line, its environment, its health and readiness paths, and
+the paths it answers. Each deployment runs on the engine chosen when it was created.
 
 Every instance demands `Launch.instance_key` as `Authorization: Bearer <key>` on every route
 but its probes (the gateway adds it; `serving/keys.py`). An engine passes the key in the

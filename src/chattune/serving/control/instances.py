@@ -7,6 +7,7 @@ them is `probes.py`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -66,6 +67,7 @@ class GroupSpec:
     adapters: tuple[tuple[str, str], ...] = ()  # (name, path) for LoRA-only groups
     served_name: str = ""
     generation: tuple[int, ...] = ()  # the members' generations: an update replaces
+    engine: str = "chattune"  # the engine's name: a change of engine replaces
 
 
 @dataclass
@@ -140,13 +142,17 @@ class Slot:
                 f"{time.strftime('%H:%M:%S')}\n".encode()
             )
             out.flush()
-            # same process group as the supervisor: killing the group kills every instance
+            # its own process group, which its children join (vLLM's engine core and workers):
+            # stopping, killing or reaping the instance signals the group, so none of them
+            # outlives it (they did, holding the model and the KV cache, when only the
+            # server's pid was signalled)
             self.proc = subprocess.Popen(
                 cmd,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **engine.env(launch)},
+                process_group=0,
             )
         now = time.monotonic()
         self.started = now
@@ -157,22 +163,41 @@ class Slot:
         self.live_probe = self.ready_probe = None
         self.error = None
 
+    def terminate(self) -> None:
+        """Ask the instance and its children to stop (SIGTERM to its group); no waiting."""
+        if self.proc is not None and self.proc.poll() is None:
+            _signal_group(self.proc.pid, signal.SIGTERM)
+
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
-        """Stop the process (SIGTERM, SIGKILL after `grace_s`) and wait for it."""
+        """Stop the instance and its children (SIGTERM to its process group, SIGKILL after
+        `grace_s`) and wait for it."""
         proc, self.proc, self.ready = self.proc, None, False
         if proc is None:
             return
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            _signal_group(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(grace_s)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                _signal_group(proc.pid, signal.SIGKILL)
                 proc.wait()
+        _signal_group(proc.pid, signal.SIGKILL)  # children that outlived it
 
     def kill(self) -> None:
-        """SIGKILL the process at once (a failed liveness probe: it may be hung)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+        """SIGKILL the instance and its children at once (a failed liveness probe: it may be
+        hung)."""
+        if self.proc is not None:
+            _signal_group(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         self.proc, self.ready = None, False
+
+    def reap(self) -> None:
+        """After the instance exited on its own: SIGKILL the children it left behind."""
+        if self.proc is not None:
+            _signal_group(self.proc.pid, signal.SIGKILL)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    """Send `sig` to process group `pgid` (an instance's); nothing left in it is fine."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)

@@ -32,12 +32,14 @@ from typing import Any
 
 import uvicorn
 
+from chattune.engines.catalog import VLLM
 from chattune.errors import ChattuneError
 from chattune.models.checkpoint import resolve_checkpoint
 from chattune.models.store import get_model
 from chattune.serving.control.engines import BuiltinModelServer, InstanceEngine
 from chattune.serving.control.instances import GroupSpec, Slot, failure_reason
 from chattune.serving.control.probes import Prober
+from chattune.serving.control.vllm import VllmServer, vllm_server
 from chattune.serving.deployments import (
     Deployment,
     Instance,
@@ -77,29 +79,42 @@ class Group:
     count: int
     liveness: ProbeSettings
     readiness: ProbeSettings
+    engine: InstanceEngine
     failed: str | None = None  # why, once it crash-looped at start
     ready_once: bool = False  # every instance was ready once: a later restart keeps "ready"
 
 
-def plan_groups(ws: Workspace, deployments: list[Deployment]) -> dict[str, Group]:
-    """Which process groups the deployments need, and what each runs."""
+def plan_groups(
+    ws: Workspace, deployments: list[Deployment], builtin: InstanceEngine | None = None
+) -> dict[str, Group]:
+    """Which process groups the deployments need, and what each runs: the built-in engine
+    (`builtin`, default `BuiltinModelServer.from_env()`), or vLLM for the deployments that
+    chose it. A deployment whose model or vLLM is gone fails alone, with the reason."""
+    builtin = builtin or BuiltinModelServer.from_env()
     groups: dict[str, Group] = {}
     for dep in deployments:
         s = dep.settings
         try:
             mv = get_model(ws, dep.model_name, version=dep.model_version)
             ckpt = _resolve(str(mv.path)) if s.lora_only else None
-        except ChattuneError as exc:  # its model is gone or unreadable: it alone fails
+            engine = _vllm(ws, str(mv.path)) if s.engine_chosen == VLLM else builtin
+        except ChattuneError as exc:  # its model or engine is gone or unusable: it alone fails
             spec = GroupSpec("", served_name=dep.name, generation=(dep.generation,))
             groups[dep.name] = Group(
-                dep.name, [dep], spec, 0, s.liveness_probe, s.readiness_probe, failed=str(exc)
-            )
+                dep.name, [dep], spec, 0, s.liveness_probe, s.readiness_probe, builtin,
+                failed=str(exc),
+            )  # fmt: skip
             continue
         if ckpt is None:
-            spec = GroupSpec(str(mv.path), served_name=dep.name, generation=(dep.generation,))
+            model_dir = _resolve(str(mv.path)).model_dir if engine is not builtin else mv.path
+            spec = GroupSpec(
+                str(model_dir), served_name=dep.name, generation=(dep.generation,),
+                engine=engine.name,
+            )  # fmt: skip
             groups[dep.name] = Group(
-                dep.name, [dep], spec, dep.instance_count, s.liveness_probe, s.readiness_probe
-            )
+                dep.name, [dep], spec, dep.instance_count, s.liveness_probe, s.readiness_probe,
+                engine,
+            )  # fmt: skip
             continue
         group = groups.get(dep.group)
         if group is None:
@@ -110,6 +125,7 @@ def plan_groups(ws: Workspace, deployments: list[Deployment]) -> dict[str, Group
                 0,
                 s.liveness_probe,
                 s.readiness_probe,
+                builtin,
             )
         group.members.append(dep)
         group.count = max(group.count, dep.instance_count)
@@ -123,6 +139,18 @@ def plan_groups(ws: Workspace, deployments: list[Deployment]) -> dict[str, Group
 
 
 _resolved: dict[str, Any] = {}
+_vllm_servers: dict[str, VllmServer] = {}
+
+
+def _vllm(ws: Workspace, path: str) -> VllmServer:
+    """The vLLM server of the model at `path`, once per path.
+
+    Raises:
+        EngineUnavailable: vLLM is gone or broken since the deployment was created.
+    """
+    if path not in _vllm_servers:
+        _vllm_servers[path] = vllm_server(ws.root, _resolve(path))
+    return _vllm_servers[path]
 
 
 def _resolve(path: str) -> Any:
@@ -223,8 +251,7 @@ class Supervisor:
     def _shutdown(self) -> None:
         _say("stopping instances")
         for slot in self.slots.values():
-            if slot.proc is not None and slot.proc.poll() is None:
-                slot.proc.send_signal(signal.SIGTERM)
+            slot.terminate()
         for slot in self.slots.values():
             slot.stop()
         self.prober.close()
@@ -252,7 +279,7 @@ class Supervisor:
             return True
         old = self.groups
         self.groups = {}
-        for name, group in plan_groups(self.ws, deployments).items():
+        for name, group in plan_groups(self.ws, deployments, self.engine).items():
             prior = old.get(name)
             if prior is not None and prior.spec == group.spec:
                 group.failed = prior.failed  # a crash loop ends with an update only
@@ -304,7 +331,7 @@ class Supervisor:
         instances = sum(g.count for g in self.groups.values()) or 1
         threads = max(1, (os.cpu_count() or 1) // instances)
         slot.start(
-            self.engine, group.spec, group.liveness, group.readiness, self.instance_key, threads
+            group.engine, group.spec, group.liveness, group.readiness, self.instance_key, threads
         )
 
     def _on_liveness_failure(self, group: Group, slot: Slot) -> None:
@@ -328,6 +355,7 @@ class Supervisor:
 
     def _on_exit(self, group: Group, slot: Slot, code: int) -> None:
         reason = failure_reason(slot.log)
+        slot.reap()
         slot.proc, slot.ready = None, False
         _say(f"{group.name} instance {slot.idx} exited with code {code}: {reason}")
         if slot.ever_ready:
@@ -385,6 +413,7 @@ class Supervisor:
                     adapter=dep.name if dep.settings.lora_only else None,
                     state=state,
                     error=error,
+                    score_as_chat=group.engine.name == VLLM,
                     instance_key=self.instance_key,
                 )
         return GatewayConfig(

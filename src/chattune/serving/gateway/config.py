@@ -32,6 +32,9 @@ class DeploymentTarget:
             server in the `x-chattune-adapter` header; None for a full model.
         state: creating | ready | failed (the gateway answers 424 with `error` when failed).
         error: why the deployment failed, from its log.
+        score_as_chat: its instances speak only OpenAI's API (vLLM): the gateway answers
+            `/score` through their `/v1/chat/completions` and names the served model in
+            chat requests (`gateway/score_chat.py`).
         instance_key: what its instances demand in `INSTANCE_AUTH_HEADER` (`serving/keys.py`);
             "" sends none.
     """
@@ -44,6 +47,7 @@ class DeploymentTarget:
     adapter: str | None = None
     state: str = "creating"
     error: str | None = None
+    score_as_chat: bool = False
     instance_key: str = field(default="", repr=False)
 
     @property

@@ -11,6 +11,7 @@ unchanged.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import uuid
@@ -25,6 +26,14 @@ from starlette.types import Receive, Scope, Send
 from chattune.errors import ChattuneError, RequestTimeout, UpstreamFailed
 from chattune.serving.gateway.config import MAX_REQUEST_TIMEOUT_MS, DeploymentTarget
 from chattune.serving.gateway.routing import InFlight, Route, Slot, check_serving
+from chattune.serving.gateway.score_chat import (
+    CHAT_PATH,
+    chat_bodies,
+    is_chat,
+    is_score,
+    score_body,
+    with_model,
+)
 from chattune.serving.headers import (
     ADAPTER_HEADER,
     DEPLOYMENT_HEADER,
@@ -127,7 +136,46 @@ class Forwarder:
         """The upstream response and its body; for an event stream, the open response and
         None (the body is relayed as it comes). The caller bounds it by the deadline:
         cancelling it closes the connection, which is what tells the model server to stop."""
+        if slot.target.score_as_chat and is_score(out.path):
+            return await self._score_as_chat(slot, out, deadline)
+        if slot.target.score_as_chat and is_chat(out.path):
+            out = dataclasses.replace(out, body=with_model(out.body, slot.target.name))
         upstream = await self._send(slot, out, deadline)
+        self._log(slot, out, upstream)
+        media = upstream.headers.get("content-type", "")
+        if upstream.is_success and media.startswith("text/event-stream"):
+            return upstream, None
+        return upstream, await _read(upstream)
+
+    async def _score_as_chat(
+        self, slot: Slot, out: Outgoing, deadline: Deadline
+    ) -> tuple[httpx.Response, bytes]:
+        """`/score` on an instance that speaks only OpenAI's chat API: one chat completion
+        per conversation, all on the instance the first one went to (`score_chat.py`). The
+        first answer that is not a success is the answer (4xx as it came, 5xx -> 424)."""
+        headers = {**out.headers, "content-type": "application/json"}
+        outs = [
+            Outgoing("POST", CHAT_PATH, headers, body)
+            for body in chat_bodies(out.body, slot.target.name)
+        ]
+        first = await self._send(slot, outs[0], deadline)  # picks the instance
+        self._log(slot, outs[0], first)
+        answers = [(first, await _read(first))]
+
+        async def on_same_instance(o: Outgoing) -> tuple[httpx.Response, bytes]:
+            assert slot.instance is not None
+            upstream = await self._send_to(slot, slot.instance, o, deadline)
+            self._log(slot, o, upstream)
+            return upstream, await _read(upstream)
+
+        answers += await asyncio.gather(*(on_same_instance(o) for o in outs[1:]))
+        for upstream, content in answers:
+            if not upstream.is_success:
+                return upstream, content
+        body = score_body([content for _, content in answers])
+        return httpx.Response(200, headers={"content-type": "application/json"}), body
+
+    def _log(self, slot: Slot, out: Outgoing, upstream: httpx.Response) -> None:
         log.info(
             "%s %s %s -> %s %s %d",
             out.headers[REQUEST_ID_HEADER],
@@ -137,33 +185,32 @@ class Forwarder:
             slot.instance,
             upstream.status_code,
         )
-        media = upstream.headers.get("content-type", "")
-        if upstream.is_success and media.startswith("text/event-stream"):
-            return upstream, None
-        try:
-            return upstream, await upstream.aread()
-        finally:
-            await upstream.aclose()
 
     async def _send(self, slot: Slot, out: Outgoing, deadline: Deadline) -> httpx.Response:
         """Send to the least busy instance; on connection refused (the request never got
         there, so retrying is safe) go on to the next one."""
         refused: httpx.ConnectError | None = None
         while (url := slot.next_instance()) is not None:
-            headers = {**out.headers, **deadline.header()}
-            if slot.target.adapter:
-                headers[ADAPTER_HEADER] = slot.target.adapter
-            if slot.target.instance_key:
-                headers[INSTANCE_AUTH_HEADER] = bearer(slot.target.instance_key)
-            upstream = self.client.build_request(
-                out.method, url + out.path, headers=headers, content=out.body
-            )
             try:
-                return await self.client.send(upstream, stream=True)
+                return await self._send_to(slot, url, out, deadline)
             except httpx.ConnectError as exc:
                 log.warning("instance %s of deployment %s refused: %s", url, slot.target.name, exc)
                 refused = exc
         raise _failed(slot.target.name, refused or httpx.ConnectError("no instance to try"))
+
+    async def _send_to(
+        self, slot: Slot, url: str, out: Outgoing, deadline: Deadline
+    ) -> httpx.Response:
+        """Send `out` to the instance at `url`; the response is open (streamed)."""
+        headers = {**out.headers, **deadline.header()}
+        if slot.target.adapter:
+            headers[ADAPTER_HEADER] = slot.target.adapter
+        if slot.target.instance_key:
+            headers[INSTANCE_AUTH_HEADER] = bearer(slot.target.instance_key)
+        upstream = self.client.build_request(
+            out.method, url + out.path, headers=headers, content=out.body
+        )
+        return await self.client.send(upstream, stream=True)
 
     def _start_mirror(self, shadow: DeploymentTarget, out: Outgoing) -> None:
         task = asyncio.create_task(self._mirror(shadow, out))
@@ -240,6 +287,14 @@ class RelayResponse(StreamingResponse):
             yield _sse_error(exc)
         except httpx.TransportError as exc:
             yield _sse_error(_failed(target.name, exc))
+
+
+async def _read(upstream: httpx.Response) -> bytes:
+    """The whole body of an open response, which is then closed."""
+    try:
+        return await upstream.aread()
+    finally:
+        await upstream.aclose()
 
 
 def _events_end(buffer: bytes) -> int:

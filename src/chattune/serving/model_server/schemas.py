@@ -27,6 +27,7 @@ from pydantic_core import PydanticCustomError
 
 # JSON has no NaN or infinity: `NaN`, `Infinity` and 1e400 are refused, not turned into floats
 _STRICT = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
+SCORE_DEFAULT_MAX_NEW_TOKENS = 256  # `/score`'s answer length when the request names none
 # OpenAI's roles -> the chat template's
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 INT64 = 2**63  # seeds: what a torch.Generator takes
@@ -195,6 +196,33 @@ class ScoreInput(BaseModel):
             raise PydanticCustomError("too_short", "empty; send a conversation (messages)")
         return value
 
+    @property
+    def nested(self) -> bool:
+        """Whether `input_string` is a list of conversations (else one conversation)."""
+        return bool(self.input_string) and isinstance(self.input_string[0], list)
+
+    def conversations(self) -> list[list[ChatMessage]]:
+        return self.input_string if self.nested else [self.input_string]  # type: ignore[list-item,return-value]
+
+    def chat_requests(self, model: str) -> list[ChatCompletionRequest]:
+        """The same generations as chat completions, one per conversation (for an engine
+        that speaks only OpenAI's API): greedy unless `do_sample`, as the built-in engine;
+        `SCORE_DEFAULT_MAX_NEW_TOKENS` unless given (the engine caps it to the context)."""
+        p = self.parameters
+        max_new = p.max_new_tokens if p.max_new_tokens is not None else p.max_gen_len
+        return [
+            ChatCompletionRequest(
+                model=model,
+                messages=conv,
+                temperature=(1.0 if p.temperature is None else p.temperature)
+                if p.do_sample
+                else 0.0,
+                top_p=p.top_p if p.do_sample else None,
+                max_completion_tokens=SCORE_DEFAULT_MAX_NEW_TOKENS if max_new is None else max_new,
+            )
+            for conv in self.conversations()
+        ]
+
 
 class ScoreRequest(BaseModel):
     """`POST /score`: `{"input_data": {"input_string": [...], "parameters": {...}},
@@ -224,6 +252,12 @@ class ScoreResponse(BaseModel):
     """`/score`'s answer: one text, or one per conversation (in order) for several."""
 
     output: str | list[str]
+
+    @classmethod
+    def of(cls, texts: list[str]) -> ScoreResponse:
+        """The answer to the conversations that gave `texts` (the seed's [conversation]
+        answers one string)."""
+        return cls(output=texts if len(texts) > 1 else texts[0])
 
 
 class Usage(BaseModel):

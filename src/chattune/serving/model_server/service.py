@@ -31,11 +31,11 @@ from chattune.serving.model_server.checks import max_tokens, prompt_ids, samplin
 from chattune.serving.model_server.engine import Engine, Handle
 from chattune.serving.model_server.sampling import TokenLogprobs
 from chattune.serving.model_server.schemas import (
+    SCORE_DEFAULT_MAX_NEW_TOKENS,
     AssistantMessage,
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
-    ChatMessage,
     Choice,
     ChoiceLogprobs,
     ChunkChoice,
@@ -49,8 +49,6 @@ from chattune.serving.model_server.schemas import (
 )
 
 log = logging.getLogger("chattune.serving")
-
-SCORE_DEFAULT_MAX_NEW_TOKENS = 256
 
 
 @dataclass(frozen=True)
@@ -154,10 +152,8 @@ class ModelService:
         """
         engine, prompter = self._ready()
         adapter = self._adapter(engine, call.adapter)
-        convs = body.input_data.input_string
-        nested = bool(convs) and isinstance(convs[0], list)
-        conversations: list[list[ChatMessage]] = convs if nested else [convs]  # type: ignore[list-item]
-        many = len(conversations) > 1  # the seed's [conversation] answers one string
+        nested = body.input_data.nested
+        conversations = body.input_data.conversations()
         p = body.input_data.parameters
         max_new = p.max_new_tokens if p.max_new_tokens is not None else p.max_gen_len
         field = "max_new_tokens" if p.max_new_tokens is not None else "max_gen_len"
@@ -174,7 +170,7 @@ class ModelService:
             jobs.append((ids, params))
         handles = [engine.submit(ids, params, adapter) for ids, params in jobs]
         outputs = await _collect(handles, call)
-        return ScoreResponse(output=outputs if many else outputs[0])
+        return ScoreResponse.of(outputs)
 
     async def chat(
         self, body: ChatCompletionRequest, call: Call
