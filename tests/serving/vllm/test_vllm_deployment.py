@@ -207,9 +207,9 @@ def test_greedy_replies_agree_with_the_builtin_engine_in_fp32(served: Served) ->
     such a tail as U+FFFD, vLLM's incremental detokenizer leaves it out, so the text is
     compared without trailing U+FFFD."""
     for conv in CONVERSATIONS:
-        body = {"model": "x", "messages": conv, "max_tokens": 12, "temperature": 0}
         answers = {}
         for deployment in ("dep-vllm", "dep-builtin"):
+            body = {"model": deployment, "messages": conv, "max_tokens": 12, "temperature": 0}
             answer = served.post("/v1/chat/completions", body, deployment=deployment)
             assert answer.status_code == 200, answer.text
             answers[deployment] = answer.json()
