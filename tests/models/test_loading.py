@@ -63,3 +63,32 @@ def test_a_tokenizer_without_chat_template_is_refused_when_one_is_needed(tiny_ll
     with pytest.raises(InvalidParameter, match="no chat template") as e:
         load_tokenizer(tmp_path)
     assert str(tmp_path) in str(e.value) and "chat_template" in str(e.value.fix)
+
+
+def test_a_merged_adapter_gives_the_unmerged_models_logits(tiny_llama_dir, tmp_path):
+    """merge=True (the evaluate step): one plain model whose logits are the PeftModel's."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from chattune.models.checkpoint import checkpoint
+    from chattune.models.loading import load_model
+
+    torch.manual_seed(1)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                      init_lora_weights=False)  # fmt: skip
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), lora).save_pretrained(
+        tmp_path / "lora"
+    )
+    ckpt = checkpoint(tiny_llama_dir, tmp_path / "lora")
+    cpu = torch.device("cpu")
+    peft, names = load_model(ckpt, device=cpu, dtype=torch.float32)
+    merged, none = load_model(ckpt, device=cpu, dtype=torch.float32, merge=True)
+    assert names == ["default"] and none == []
+    assert not hasattr(merged, "peft_config")
+    ids = torch.tensor([[1, 5, 9, 13, 2, 7]])
+    with torch.inference_mode():
+        want, got = peft(input_ids=ids).logits, merged(input_ids=ids).logits
+    base, _ = load_model(checkpoint(tiny_llama_dir), device=cpu, dtype=torch.float32)
+    with torch.inference_mode():
+        assert not torch.allclose(base(input_ids=ids).logits, want, atol=1e-4)  # it does change
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

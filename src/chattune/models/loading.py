@@ -144,8 +144,10 @@ def load_model(
     dtype: torch.dtype,
     prepack: bool = True,
     attn_implementation: str | None = None,
+    merge: bool = False,
 ) -> tuple[PreTrainedModel, list[str]]:
-    """The model in eval mode, with every LoRA adapter loaded (not merged) for mixed batches.
+    """The model in eval mode, with every LoRA adapter loaded (not merged) for mixed batches,
+    or its one adapter merged into the weights (`merge`).
 
     Args:
         ckpt: the checkpoint; its own adapter (if any) is loaded as `DEFAULT_ADAPTER`.
@@ -157,9 +159,13 @@ def load_model(
             (`prepack.prepack_linears`: same results, faster decode); the model is then for
             inference only.
         attn_implementation: transformers' attention name (None: sdpa).
+        merge: merge the checkpoint's adapter into the base weights (`merge_and_unload`):
+            one model, no LoRA products or dtype casts in each linear layer (the evaluate
+            step). Only without `adapters`.
 
     Returns:
-        The model (a `PeftModel` when there is any adapter) and the adapter names loaded.
+        The model (a `PeftModel` when there is any unmerged adapter) and the adapter names
+        loaded (none when merged).
 
     Raises:
         ChattuneError: an adapter is missing, is not a LoRA adapter, or is for another base.
@@ -174,6 +180,10 @@ def load_model(
         for name, adapter_dir in rest:
             model.load_adapter(adapter_dir, adapter_name=name)
     model.to(device).eval()
+    if merge and named:
+        if len(named) > 1:
+            raise InvalidParameter("merge=True takes the checkpoint's one adapter, not more.")
+        model, named = model.merge_and_unload(), {}
     if prepack and device.type == "cpu":
         from chattune.kernels.prepack import prepack_linears  # torch at import
 
