@@ -109,6 +109,7 @@ def test_two_nodes_train_like_one_process_and_resume_after_a_node_dies(
     assert "--nnodes=2" in out and "--rdzv_backend=c10d" in out
     assert "--nnodes=2" in (tmp_path / "node2.log").read_text()
     got = _final_loss(workspace, "nodes")
+    print(f"train_loss: one process {want:.6f}, two nodes {got:.6f}")
     assert got == pytest.approx(want, abs=1e-3)
     job = get_job(workspace, "nodes")
     # written once: one series point per logged step, one folder per checkpoint

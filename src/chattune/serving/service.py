@@ -165,8 +165,7 @@ def create_endpoint(
         lifecycle.spawn_supervisor(ws, name)
         return lifecycle.wait_running(ws, name)
     except BaseException:
-        lifecycle.stop_endpoint(ws, name)
-        endpoint_rows.delete_endpoint_rows(ws, name)
+        lifecycle.delete_endpoint(ws, name)  # under the endpoint's lock: no watcher restarts it
         raise
 
 
