@@ -75,6 +75,7 @@ def test_launch_command_for_several_nodes(monkeypatch, tmp_path: Path) -> None:
         assert flag in cmd
 
 
+@pytest.mark.integration
 @pytest.mark.usefixtures("kill_leftovers")
 def test_join_refuses_a_job_that_ended(workspace, tiny_llama_dir, chat_files, capsys) -> None:
     assert create(workspace, tiny_llama_dir, chat_files, "one", *RUN, "--stream") == 0

@@ -63,7 +63,7 @@ def token_nll(
     Raises:
         ValueError: no row has a label token.
     """
-    keep = dict(keep_prefix or {})
+    keep = keep_prefix or {}
     index = [i for i, r in enumerate(rows) if any(lab != IGNORE_INDEX for lab in r[1][1:])]
     scored = [rows[i] for i in index]
     if not scored:
@@ -99,9 +99,8 @@ def token_nll(
 def _columns(cache: Any, start: int, length: int) -> Any:
     """A new `DynamicCache` of `length` columns of `cache` from `start` (copied, so the packed
     row's cache can be freed)."""
-    out = DynamicCache()
+    out, cols = DynamicCache(), slice(start, start + length)
     for layer_idx, layer in enumerate(cache.layers):
-        cols = slice(start, start + length)
         out.update(layer.keys[:, :, cols].clone(), layer.values[:, :, cols].clone(), layer_idx)
     return out
 

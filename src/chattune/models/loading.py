@@ -182,7 +182,12 @@ def load_model(
     model.to(device).eval()
     if merge and named:
         if len(named) > 1:
-            raise InvalidParameter("merge=True takes the checkpoint's one adapter, not more.")
+            raise InvalidParameter(
+                f"merge=True merges one adapter, and {len(named)} are asked for "
+                f"({', '.join(named)}).",
+                fix="merge only the checkpoint's own adapter (pass no `adapters`), or load them "
+                "unmerged (merge=False) for mixed batches.",
+            )
         model, named = model.merge_and_unload(), {}
     if prepack and device.type == "cpu":
         from chattune.kernels.prepack import prepack_linears  # torch at import
